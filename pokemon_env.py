@@ -1,0 +1,455 @@
+"""Pokemon Red as a Gymnasium environment on the PyBoy Game Boy emulator, plus the PufferLib glue.
+
+One step presses one of the 8 buttons for a few frames, releases it and runs `frame_skip` frames
+in all, rendering only the last. The agent sees the last `frame_stack` screens, downscaled to
+`obs_height` x `obs_width` grayscale, newest last. Rewards come from the game's RAM (addresses in
+shared/pokered-ram.md): new badges, new (map, x, y) tiles, party levels gained, new event flags,
+new Pokedex entries, healing outside battle, and a penalty per blackout. Episodes end only by
+truncation after `max_steps` steps.
+
+Without `init_state`, the environment boots the ROM and drives the new-game intro itself by
+reading the game's RAM, then restores that start state from memory on every reset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import cv2
+import gymnasium
+import numpy as np
+from pyboy import PyBoy
+from pyboy.plugins.game_wrapper_pokemon_gen1_constants import (
+    CURRENT_OPPONENT_ADDRESS,
+    EVENT_FLAGS_ADDRESS,
+    OBTAINED_BADGES_ADDRESS,
+    PARTY_COUNT_ADDRESS,
+    PARTY_LENGTH,
+    PARTY_MON_SIZE,
+    PARTY_SPECIES_ADDRESS,
+)
+
+ACTIONS = ["a", "b", "up", "down", "left", "right", "start", "select"]  # PyBoy's button names
+
+DEFAULT_ROM_PATH = Path(__file__).resolve().parent / "roms" / "pokemon_red.gb"
+RED_SHA1 = "ea9bcae617fdf159b045185467ae58b2e4a48b9a"
+KNOWN_ROMS = {RED_SHA1: "Pokemon Red", "d7037c83e1ae5b39bde3c30787637ba1d4c48ce2": "Pokemon Blue"}
+STANDIN_TITLE = "STANDIN"  # our own test cartridge, rebuilt often, so known by title, not hash
+
+# Work RAM (shared/pokered-ram.md). Multi-byte HP values are big-endian.
+MAP_ID, Y_COORD, X_COORD = 0xD35E, 0xD361, 0xD362
+IS_IN_BATTLE = 0xD057  # 0 none, 1 wild, 2 trainer, $FF lost
+POKEDEX_OWNED, POKEDEX_SEEN, POKEDEX_BYTES = 0xD2F7, 0xD30A, 19
+EVENT_FLAGS_BYTES = 320
+MON_HP, MON_LEVEL, MON_MAX_HP = 0x01, 0x21, 0x22  # offsets inside a 44-byte party struct
+NUM_MAPS, MAX_LEVEL = 0xF8, 100
+
+# Intro signals, read off the screen's tile map and the menu variables.
+MAIN_MENU_TILE, MENU_WATCHED_KEYS, MAIN_MENU_KEYS = 0xC3CA, 0xCC29, 0x0B
+NAME_LIST_TILES, NAME_LIST_TEXT = 0xC3A3, [0x8D, 0x80, 0x8C, 0x84]  # "NAME" of NEW NAME
+CURRENT_MENU_ITEM, MAX_MENU_ITEM = 0xCC26, 0xCC28
+TEXT_PROMPT_TILE, TEXT_PROMPT_ARROW = 0xC4F2, 0xEE
+INTRO_FRAME_BUDGET = 30_000  # the real intro needs about a third of this
+HOLD_FRAMES = 8  # a press held this long is never lost; the rest of the step is released
+MAX_IDLE_FRAMES = 16  # reset() waits 1..16 frames, chosen by the seed
+
+
+class RomError(ValueError):
+    """The ROM file is missing or is not a Game Boy ROM."""
+
+
+class StateError(ValueError):
+    """The init_state file is not a PyBoy save state of this game."""
+
+
+class IntroError(RuntimeError):
+    """The intro driver did not bring the player into control within its frame budget."""
+
+
+class UnknownRomWarning(UserWarning):
+    """A valid Game Boy ROM that is neither Pokemon Red/Blue nor the stand-in cartridge."""
+
+
+def load_rom(rom_path) -> tuple[bytes, str]:
+    """Read and check a ROM file; return its bytes and a name for it. Warns on unknown ROMs."""
+    path = Path(rom_path)
+    if not path.is_file():
+        raise RomError(
+            f"no ROM at {path}: put your own legally obtained Pokemon Red at roms/pokemon_red.gb "
+            f"(SHA-1 {RED_SHA1})"
+        )
+    rom = path.read_bytes()
+    size_code = rom[0x148] if len(rom) > 0x148 else -1
+    if not 0 <= size_code <= 8 or len(rom) != 0x8000 << size_code:
+        raise RomError(f"{path} is not a Game Boy ROM: {len(rom)} bytes does not match its header")
+    header_checksum = 0
+    for byte in rom[0x134:0x14D]:
+        header_checksum = (header_checksum - byte - 1) & 0xFF
+    if header_checksum != rom[0x14D]:
+        raise RomError(f"{path} is not a Game Boy ROM: bad header checksum")
+
+    sha1 = hashlib.sha1(rom).hexdigest()
+    title = rom[0x134:0x144].split(b"\0")[0].decode("ascii", "replace").strip()
+    if sha1 in KNOWN_ROMS:
+        return rom, KNOWN_ROMS[sha1]
+    if title == STANDIN_TITLE:
+        return rom, "stand-in cartridge"
+    warnings.warn(
+        f"{path} ({title!r}, SHA-1 {sha1}) is not Pokemon Red or Blue: RAM addresses may not match",
+        UnknownRomWarning,
+        stacklevel=2,
+    )
+    return rom, title
+
+
+def player_in_control(memory) -> bool:
+    """True when the player walks the overworld: no battle, text box, menu, script or warp."""
+    return (
+        memory[IS_IN_BATTLE] == 0
+        and memory[CURRENT_OPPONENT_ADDRESS] == 0
+        and memory[0xCD6B] == 0  # wJoyIgnore
+        and memory[0xD730] & 0xA1 == 0  # wStatusFlags5: scripted NPC, joypad off, simulated
+        and memory[0xCFC4] & 0x01 == 0  # wFontLoaded: text box or start menu open
+        and memory[0xFFB0] != 0  # hWY: a window covers the screen
+        and memory[0xCD38] == 0  # wSimulatedJoypadStatesIndex
+        and memory[0xCC57] == 0  # wNPCMovementScriptPointerTableNum
+        and memory[0xCFC5] == 0  # wWalkCounter: mid-step
+        and memory[0xD736] & 0xC2 == 0  # wMovementFlags: door, ledge, spinning
+    )
+
+
+def drive_intro(pyboy: PyBoy, frame_budget: int = INTRO_FRAME_BUDGET) -> int:
+    """From power-on, play the new-game intro until the player controls Red in his room.
+
+    Reads screen tiles and menu variables: Start until the main menu, A for NEW GAME, B for text
+    (name lists ignore B), and Down then A at each name list for the default name. There is never
+    a save file (the ROM is loaded without its .ram), so NEW GAME is the first menu item.
+    Returns the frames used; raises IntroError when the budget runs out.
+    """
+    memory = pyboy.memory
+    frames = 0
+    main_menu_seen = name_list_seen = False
+
+    def press(button):
+        nonlocal frames
+        pyboy.button(button, HOLD_FRAMES)
+        pyboy.tick(2 * HOLD_FRAMES, False)  # held, then released as long
+        frames += 2 * HOLD_FRAMES
+
+    while frames < frame_budget:
+        if name_list_seen and player_in_control(memory):
+            return frames
+        if memory[NAME_LIST_TILES : NAME_LIST_TILES + 4] == NAME_LIST_TEXT and memory[MAX_MENU_ITEM] == 3:
+            name_list_seen = True
+            press("down" if memory[CURRENT_MENU_ITEM] == 0 else "a")  # item 0 is NEW NAME
+        elif memory[MAIN_MENU_TILE] == 0x8D and memory[MENU_WATCHED_KEYS] == MAIN_MENU_KEYS:
+            main_menu_seen = True
+            press("a")
+        elif memory[TEXT_PROMPT_TILE] == TEXT_PROMPT_ARROW:
+            press("b")
+        elif not main_menu_seen:
+            press("start")  # skips the intro movie, then leaves the title screen
+        else:
+            pyboy.tick(4, False)
+            frames += 4
+    raise IntroError(
+        f"the intro did not reach the player in control within {frame_budget} frames "
+        f"(main menu seen: {main_menu_seen}, name list seen: {name_list_seen}, map {memory[MAP_ID]:#04x})"
+    )
+
+
+def _bits(data) -> int:
+    return int.from_bytes(bytes(data), "little")
+
+
+# Start states the intro driver reached, by ROM SHA-1: later envs in this process, and worker
+# processes forked from it, skip the intro.
+_booted_start_states: dict[str, bytes] = {}
+
+
+class PokemonRedEnv(gymnasium.Env):
+    """Pokemon Red on PyBoy: 8 buttons, stacked downscaled screens, rewards read from RAM."""
+
+    metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 60}
+
+    def __init__(
+        self,
+        rom_path=DEFAULT_ROM_PATH,
+        init_state=None,
+        frame_skip: int = 24,
+        obs_height: int = 84,
+        obs_width: int = 84,
+        grayscale: bool = True,
+        frame_stack: int = 4,
+        max_steps: int = 4096,
+        badge_reward: float = 4.0,
+        explore_reward: float = 0.01,
+        level_reward: float = 0.01,
+        event_reward: float = 1.6,
+        seen_reward: float = 1.6,
+        owned_reward: float = 1.6,
+        heal_reward: float = 0.8,
+        blackout_penalty: float = 0.08,
+        render_mode: str | None = None,
+        intro_frame_budget: int = INTRO_FRAME_BUDGET,
+    ):
+        if render_mode not in (None, "rgb_array", "human"):
+            raise ValueError(f"render_mode must be None, 'rgb_array' or 'human', not {render_mode!r}")
+        if frame_skip < 2 or frame_stack < 1 or obs_height < 1 or obs_width < 1 or max_steps < 1:
+            raise ValueError("frame_skip must be >= 2; frame_stack, obs sizes and max_steps >= 1")
+        self.frame_skip, self.max_steps, self.grayscale = frame_skip, max_steps, grayscale
+        self.obs_size = (obs_width, obs_height)  # cv2 order
+        self.render_mode = render_mode
+        self.hold_frames = min(HOLD_FRAMES, frame_skip // 2)
+        self.weights = dict(
+            badge=badge_reward, explore=explore_reward, level=level_reward, event=event_reward,
+            seen=seen_reward, owned=owned_reward, heal=heal_reward, blackout=-blackout_penalty,
+        )  # fmt: skip
+
+        channels = 1 if grayscale else 3
+        self.channels = channels
+        self.observation_space = gymnasium.spaces.Box(
+            0, 255, (frame_stack * channels, obs_height, obs_width), np.uint8
+        )
+        self.action_space = gymnasium.spaces.Discrete(len(ACTIONS))
+        self.frames = np.zeros(self.observation_space.shape, np.uint8)
+
+        rom, self.rom_name = load_rom(rom_path)
+        self.rom_sha1 = hashlib.sha1(rom).hexdigest()
+        # The ROM goes in as bytes: PyBoy then neither reads nor writes a .ram beside the user's file.
+        self.pyboy = PyBoy(
+            io.BytesIO(rom),
+            window="SDL2" if render_mode == "human" else "null",
+            sound_emulated=False,
+            cgb=False,  # DMG palette: the screen is gray, so one channel is the grayscale image
+            log_level="ERROR",
+        )
+        self.pyboy.set_emulation_speed(1 if render_mode == "human" else 0)
+        try:
+            if init_state is not None:
+                self.start_state = self._load_init_state(init_state)
+            else:
+                if self.rom_sha1 not in _booted_start_states:
+                    drive_intro(self.pyboy, intro_frame_budget)
+                    _booted_start_states[self.rom_sha1] = self._save_state()
+                self.start_state = _booted_start_states[self.rom_sha1]
+        except Exception:
+            self.pyboy.stop(save=False)
+            raise
+
+    # ----- Gymnasium API -----
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pyboy.load_state(io.BytesIO(self.start_state))
+        # A seeded handful of idle frames: parallel envs start out of lockstep, with different RNG.
+        self.pyboy.tick(1 + int(self.np_random.integers(MAX_IDLE_FRAMES)), True)
+        self.frames[:] = np.tile(self._screen_frame(), (len(self.frames) // self.channels, 1, 1))
+        self._start_episode()
+        return self.frames.copy(), {}
+
+    def step(self, action):
+        self.pyboy.button(ACTIONS[action], self.hold_frames)
+        if self.render_mode == "human":
+            for _ in range(self.frame_skip):
+                self.pyboy.tick(1, True)  # every frame, in real time, for the window
+        else:
+            self.pyboy.tick(self.frame_skip, True)  # renders the last frame only
+        c = self.channels
+        self.frames[:-c] = self.frames[c:]
+        self.frames[-c:] = self._screen_frame()
+
+        reward = self._update_progress()
+        self.steps += 1
+        self.episode_return += reward
+        truncated = self.steps >= self.max_steps
+        # PufferLib forwards only truthy infos: an empty dict except at the end of an episode.
+        info = self._episode_info() if truncated else {}
+        return self.frames.copy(), reward, False, truncated, info
+
+    def render(self):
+        if self.render_mode == "rgb_array":
+            return self.pyboy.screen.ndarray[:, :, :3].copy()  # (144, 160, 3)
+        return None  # "human": the PyBoy window shows every frame
+
+    def close(self):
+        self.pyboy.stop(save=False)  # never write a .ram file
+
+    def save_state(self, path):
+        """Write the emulator's current state to `path`, for use as `init_state`."""
+        Path(path).write_bytes(self._save_state())
+
+    # ----- Observations -----
+
+    def _screen_frame(self) -> np.ndarray:
+        """The current screen as (channels, height, width) uint8."""
+        screen = self.pyboy.screen.ndarray  # (144, 160, 4) RGBA, reused by PyBoy
+        if self.grayscale:
+            return cv2.resize(screen[:, :, 0], self.obs_size, interpolation=cv2.INTER_AREA)[None]
+        return cv2.resize(screen[:, :, :3], self.obs_size, interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+
+    # ----- Start states -----
+
+    def _save_state(self) -> bytes:
+        buffer = io.BytesIO()
+        self.pyboy.save_state(buffer)
+        return buffer.getvalue()
+
+    def _load_init_state(self, init_state) -> bytes:
+        path = Path(init_state)
+        if not path.is_file():
+            raise StateError(f"init_state {path} does not exist")
+        data = path.read_bytes()
+        reader = io.BytesIO(data)
+        try:
+            self.pyboy.load_state(reader)
+        except Exception as error:
+            raise StateError(f"{path} is not a PyBoy save state of this ROM: {error}") from None
+        if reader.tell() != len(data):  # another cartridge type stores a different amount of RAM
+            raise StateError(f"{path} is not a PyBoy save state of this ROM: its size does not match")
+        memory = self.pyboy.memory
+        if memory[PARTY_COUNT_ADDRESS] > PARTY_LENGTH or memory[MAP_ID] >= NUM_MAPS:
+            raise StateError(f"{path} does not hold a Pokemon Red game: party size or map out of range")
+        return data
+
+    # ----- Rewards and episode statistics -----
+
+    def _read_party(self):
+        """(species, levels, hp, max_hp) tuples, or None while the RAM holds no valid party."""
+        memory = self.pyboy.memory
+        count = memory[PARTY_COUNT_ADDRESS]
+        if count > PARTY_LENGTH:
+            return None
+        if count == 0:
+            return (), (), (), ()
+        structs = PARTY_SPECIES_ADDRESS + PARTY_LENGTH + 1  # species list + its $FF terminator
+        raw = memory[structs : structs + count * PARTY_MON_SIZE]
+        offsets = range(0, count * PARTY_MON_SIZE, PARTY_MON_SIZE)
+        levels = tuple(raw[i + MON_LEVEL] for i in offsets)
+        if not all(1 <= level <= MAX_LEVEL for level in levels):
+            return None  # garbage: the intro, or a party being rewritten
+        species = tuple(memory[PARTY_SPECIES_ADDRESS : PARTY_SPECIES_ADDRESS + count])
+        hp = tuple(raw[i + MON_HP] << 8 | raw[i + MON_HP + 1] for i in offsets)
+        max_hp = tuple(raw[i + MON_MAX_HP] << 8 | raw[i + MON_MAX_HP + 1] for i in offsets)
+        return species, levels, hp, max_hp
+
+    def _read_flags(self):
+        memory = self.pyboy.memory
+        return (
+            memory[OBTAINED_BADGES_ADDRESS],
+            _bits(memory[EVENT_FLAGS_ADDRESS : EVENT_FLAGS_ADDRESS + EVENT_FLAGS_BYTES]),
+            _bits(memory[POKEDEX_SEEN : POKEDEX_SEEN + POKEDEX_BYTES]),
+            _bits(memory[POKEDEX_OWNED : POKEDEX_OWNED + POKEDEX_BYTES]),
+        )
+
+    def _start_episode(self):
+        memory = self.pyboy.memory
+        self.steps, self.episode_return = 0, 0.0
+        self.reward_totals = dict.fromkeys(self.weights, 0.0)
+        self.visited_tiles = {memory[MAP_ID] << 16 | memory[Y_COORD] << 8 | memory[X_COORD]}
+        # Flags already set in the start state earn nothing; each flag pays once per episode.
+        self.badges, self.events, self.seen, self.owned = self._read_flags()
+        self.start_events = self.events
+        self.party = self._read_party() or ((), (), (), ())
+        self.badges_now, self.seen_now, self.owned_now = self.badges, self.seen, self.owned
+        self.levels_gained = self.best_levels_gained = 0
+        self.was_in_battle = memory[IS_IN_BATTLE] != 0
+        self.party_wiped = self._is_wiped(self.party)
+        self.blackouts = 0
+
+    @staticmethod
+    def _is_wiped(party) -> bool:
+        return len(party[0]) > 0 and sum(party[2]) == 0
+
+    def _update_progress(self) -> float:
+        """Read the RAM after a step, update the episode's progress, return the step's reward."""
+        memory = self.pyboy.memory
+        gains = dict.fromkeys(self.weights, 0)
+
+        tile = memory[MAP_ID] << 16 | memory[Y_COORD] << 8 | memory[X_COORD]
+        if tile not in self.visited_tiles:
+            self.visited_tiles.add(tile)
+            gains["explore"] = 1
+
+        badges, events, seen, owned = self._read_flags()
+        gains["badge"] = (badges & ~self.badges).bit_count()
+        gains["event"] = (events & ~self.events).bit_count()
+        gains["seen"] = (seen & ~self.seen).bit_count()
+        gains["owned"] = (owned & ~self.owned).bit_count()
+        self.badges |= badges
+        self.events |= events
+        self.seen |= seen
+        self.owned |= owned
+        self.badges_now, self.seen_now, self.owned_now = badges, seen, owned
+
+        in_battle = memory[IS_IN_BATTLE] != 0
+        party = self._read_party()
+        if party is not None:
+            gains["level"], gains["heal"] = self._party_gains(self.party, party, in_battle)
+            wiped = self._is_wiped(party)
+            if wiped and not self.party_wiped:
+                gains["blackout"] = 1
+                self.blackouts += 1
+            self.party, self.party_wiped = party, wiped
+        self.was_in_battle = in_battle
+
+        reward = 0.0
+        for term, gain in gains.items():
+            if gain:
+                term_reward = self.weights[term] * gain
+                self.reward_totals[term] += term_reward
+                reward += term_reward
+        return reward
+
+    def _party_gains(self, before, after, in_battle):
+        """Levels gained (beyond the episode's best so far) and the fraction of max HP healed.
+
+        Only a party of the same species in the same slots is compared, so a Pokemon joining,
+        leaving, evolving or swapping places never counts as levels or healing.
+        """
+        species, levels, hp, max_hp = after
+        if species != before[0]:
+            return 0, 0.0
+        self.levels_gained += sum(levels) - sum(before[1])
+        new_levels = max(0, self.levels_gained - self.best_levels_gained)
+        self.best_levels_gained = max(self.best_levels_gained, self.levels_gained)
+
+        healed = 0.0
+        # Outside battle only, and not the revival after a blackout (the whole party was at 0 HP).
+        if not in_battle and not self.was_in_battle and not self.party_wiped:
+            # A level-up raises HP and max HP together: only HP beyond the max HP gain is healing.
+            restored = sum(
+                max(0, (new_hp - old_hp) - max(0, new_max - old_max))
+                for new_hp, old_hp, new_max, old_max in zip(hp, before[2], max_hp, before[3])
+            )
+            healed = restored / max(1, sum(max_hp))
+        return new_levels, healed
+
+    def _episode_info(self) -> dict:
+        visited = np.fromiter(self.visited_tiles, np.int32, len(self.visited_tiles))
+        visited.sort()
+        info = {
+            "episode_return": self.episode_return,
+            "episode_length": self.steps,
+            "badges": self.badges_now.bit_count(),
+            "level_sum": sum(self.party[1]),
+            "unique_tiles": len(visited),
+            "maps_visited": len(np.unique(visited >> 16)),
+            "event_flags": (self.events & ~self.start_events).bit_count(),
+            "pokedex_seen": self.seen_now.bit_count(),
+            "pokedex_owned": self.owned_now.bit_count(),
+            "blackouts": self.blackouts,
+        }
+        info.update({f"reward_{term}": total for term, total in self.reward_totals.items()})
+        info["visited_tiles"] = visited  # map_id << 16 | y << 8 | x, for the exploration heatmap
+        return info
+
+
+def make_env(**env_kwargs):
+    """PufferLib creator: `pufferlib.vector.make(make_env, env_kwargs=..., backend=...)`."""
+    import pufferlib.emulation  # here, so the environment itself does not need PufferLib
+
+    return pufferlib.emulation.GymnasiumPufferEnv(env=PokemonRedEnv(**env_kwargs))
