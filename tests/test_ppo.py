@@ -1,0 +1,288 @@
+"""Unit tests of the trainer's maths and pieces: GAE, the PPO loss, the agent, arguments, heatmap."""
+import dataclasses
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+import pokemon_env
+import ppo_pokemon
+from ppo_pokemon import Agent, Args, compute_gae, ppo_loss
+
+
+# ----- GAE -----
+
+
+def reference_gae(rewards, values, terminations, truncations, dones, next_value, gamma, lam):
+    """Advantages written as explicit sums: A_t = sum_k (gamma lam)^k delta_(t+k), to the episode end.
+
+    delta_k bootstraps from the value of the next observation, or 0 after a termination; after a
+    truncation the next observation is the final one, whose value the agent computes in the reset
+    step (values[k + 1]). PufferLib's reset steps (dones) are no transitions: advantage 0.
+    """
+    num_steps, num_envs = rewards.shape
+    advantages = np.zeros((num_steps, num_envs))
+    for env in range(num_envs):
+        for t in range(num_steps):
+            if dones[t, env]:
+                continue
+            total, weight = 0.0, 1.0
+            for k in range(t, num_steps):
+                v_next = next_value[env] if k == num_steps - 1 else values[k + 1, env]
+                bootstrap = 0.0 if terminations[k, env] else v_next
+                total += weight * (rewards[k, env] + gamma * bootstrap - values[k, env])
+                if terminations[k, env] or truncations[k, env]:
+                    break
+                weight *= gamma * lam
+            advantages[t, env] = total
+    return advantages, advantages + values
+
+
+def pufferlib_rollout(num_steps, num_envs, rng, p_end=0.15):
+    """Random rollout data with PufferLib's timing: after a step that ends an episode, the next
+    step is the reset step (reward 0, no flags), and its observation is a first one."""
+    rewards = rng.normal(size=(num_steps, num_envs))
+    values = rng.normal(size=(num_steps, num_envs))
+    terminations = np.zeros((num_steps, num_envs))
+    truncations = np.zeros((num_steps, num_envs))
+    dones = np.zeros((num_steps, num_envs))
+    dones[0] = rng.random(num_envs) < 0.3  # the previous rollout may have ended on a final step
+    for t in range(num_steps):
+        for env in range(num_envs):
+            if dones[t, env]:
+                rewards[t, env] = 0.0
+                continue
+            end = rng.random()
+            if end < p_end / 2:
+                terminations[t, env] = 1
+            elif end < p_end:
+                truncations[t, env] = 1
+            if t + 1 < num_steps:
+                dones[t + 1, env] = terminations[t, env] or truncations[t, env]
+    next_value = rng.normal(size=num_envs)
+    return rewards, values, terminations, truncations, dones, next_value
+
+
+def as_tensors(*arrays):
+    return [torch.as_tensor(a, dtype=torch.float32) for a in arrays]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_compute_gae_matches_reference(seed):
+    data = pufferlib_rollout(64, 3, np.random.default_rng(seed))
+    assert data[2].sum() > 0 and data[3].sum() > 0 and data[4].sum() > 0  # every case is exercised
+    advantages, returns = compute_gae(*as_tensors(*data), 0.99, 0.95)
+    ref_advantages, ref_returns = reference_gae(*data, 0.99, 0.95)
+    np.testing.assert_allclose(advantages.numpy(), ref_advantages, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(returns.numpy(), ref_returns, rtol=1e-4, atol=1e-4)
+
+
+def test_compute_gae_hand_worked_cases():
+    gamma, lam = 0.9, 0.8
+    values = [[0.5], [0.7], [0.2]]
+    rewards = [[1.0], [0.0], [2.0]]
+    dones = [[0], [1], [0]]  # step 1 is the reset step after step 0 ended the episode
+    no_flags, flag_first = [[0], [0], [0]], [[1], [0], [0]]
+    next_value = [0.4]
+    tail = 2.0 + gamma * 0.4 - 0.2  # the last step bootstraps from next_value
+
+    # Termination: no bootstrap, nothing flows back across the boundary, the reset step is zeroed.
+    adv, ret = compute_gae(*as_tensors(rewards, values, flag_first, no_flags, dones, next_value), gamma, lam)
+    np.testing.assert_allclose(adv.flatten().numpy(), [1.0 - 0.5, 0.0, tail], rtol=1e-6)
+    np.testing.assert_allclose(ret.flatten().numpy(), [1.0, 0.7, tail + 0.2], rtol=1e-6)
+
+    # Truncation: bootstraps from V(final observation) = values[1], still no flow back.
+    adv, _ = compute_gae(*as_tensors(rewards, values, no_flags, flag_first, dones, next_value), gamma, lam)
+    np.testing.assert_allclose(adv.flatten().numpy(), [1.0 + gamma * 0.7 - 0.5, 0.0, tail], rtol=1e-6)
+
+    # A rollout that ends on a truncation bootstraps from next_value, the final observation's value.
+    adv, _ = compute_gae(*as_tensors([[1.0]], [[0.5]], [[0]], [[1]], [[0]], [3.0]), gamma, lam)
+    np.testing.assert_allclose(adv.flatten().numpy(), [1.0 + gamma * 3.0 - 0.5], rtol=1e-6)
+    adv, _ = compute_gae(*as_tensors([[1.0]], [[0.5]], [[1]], [[0]], [[0]], [3.0]), gamma, lam)
+    np.testing.assert_allclose(adv.flatten().numpy(), [1.0 - 0.5], rtol=1e-6)
+
+
+def test_compute_gae_without_episode_ends_is_cleanrl_gae():
+    rng = np.random.default_rng(7)
+    rewards, values = rng.normal(size=(16, 2)), rng.normal(size=(16, 2))
+    zeros, next_value = np.zeros((16, 2)), rng.normal(size=2)
+    adv, _ = compute_gae(*as_tensors(rewards, values, zeros, zeros, zeros, next_value), 0.99, 0.95)
+    expected, lastgaelam = np.zeros((16, 2)), 0.0
+    for t in reversed(range(16)):
+        nextvalues = next_value if t == 15 else values[t + 1]
+        delta = rewards[t] + 0.99 * nextvalues - values[t]
+        expected[t] = lastgaelam = delta + 0.99 * 0.95 * lastgaelam
+    np.testing.assert_allclose(adv.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+# ----- PPO loss -----
+
+
+def loss_terms(ratio, advantages, newvalue, values, returns, clip_vloss=True):
+    n = len(ratio)
+    logprobs = torch.zeros(n)
+    return ppo_loss(torch.log(torch.tensor(ratio)), torch.full((n,), 2.0), torch.tensor(newvalue), logprobs,
+                    torch.tensor(advantages), torch.tensor(returns), torch.tensor(values), 0.2, clip_vloss,
+                    norm_adv=False)
+
+
+def test_ppo_loss_clips_the_surrogate_only_where_it_would_gain():
+    # Positive advantage: a ratio beyond 1 + clip earns no more. Negative: no clip below 1 + clip.
+    pg_loss, _, entropy_loss, _, _, clipfrac = loss_terms([1.5, 1.5], [1.0, -1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0])
+    assert pg_loss.item() == pytest.approx((-1.2 + 1.5) / 2)
+    assert clipfrac.item() == 1.0 and entropy_loss.item() == 2.0
+    pg_loss, *_ = loss_terms([0.5, 0.5], [1.0, -1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0])
+    assert pg_loss.item() == pytest.approx((-0.5 + 0.8) / 2)
+
+
+def test_ppo_loss_value_clipping_takes_the_pessimistic_term():
+    # The new value moved 1.0 from the old (clip 0.2): clipped prediction 0.2, return 1.0.
+    _, v_loss, *_ = loss_terms([1.0], [0.0], [1.0], [0.0], [1.0])
+    assert v_loss.item() == pytest.approx(0.5 * max(0.0, (0.2 - 1.0) ** 2))
+    _, v_loss, *_ = loss_terms([1.0], [0.0], [1.0], [0.0], [1.0], clip_vloss=False)
+    assert v_loss.item() == pytest.approx(0.0)
+
+
+def test_ppo_loss_kl_is_zero_on_policy_and_positive_off_it():
+    _, _, _, old_kl, kl, clipfrac = loss_terms([1.0, 1.0], [1.0, -1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0])
+    assert kl.item() == pytest.approx(0.0) and old_kl.item() == pytest.approx(0.0) and clipfrac.item() == 0.0
+    _, _, _, _, kl, _ = loss_terms([1.3, 0.8], [1.0, -1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0])
+    assert kl.item() > 0
+
+
+# ----- Agent -----
+
+
+def test_agent_shapes_and_parameter_count():
+    agent = Agent((4, 84, 84), 8)
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    action, logprob, entropy, value = agent.get_action_and_value(obs)
+    assert action.shape == (3,) and logprob.shape == (3,) and entropy.shape == (3,) and value.shape == (3, 1)
+    assert agent.get_value(obs).shape == (3, 1)
+    assert 0 <= int(action.min()) and int(action.max()) < 8
+    assert torch.all(entropy <= np.log(8) + 1e-5)
+    # Nature CNN: 8,224 + 32,832 + 36,928 conv, 1,606,144 (3136 x 512) dense, 4,104 actor, 513 critic.
+    assert sum(p.numel() for p in agent.parameters()) == 1_688_745
+    # Scores the given actions.
+    _, logprob2, _, _ = agent.get_action_and_value(obs, action)
+    torch.testing.assert_close(logprob, logprob2)
+
+
+def test_agent_adapts_to_the_observation_shape():
+    agent = Agent((12, 72, 80), 8)  # colour, 4 frames, another size
+    _, _, _, value = agent.get_action_and_value(torch.zeros((2, 12, 72, 80), dtype=torch.uint8))
+    assert value.shape == (2, 1)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    agent = Agent((4, 84, 84), 8)
+    obs = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    _, logprob, entropy, value = agent.get_action_and_value(obs)
+    (logprob.sum() + entropy.sum() + value.sum()).backward()
+    for name, parameter in agent.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+# ----- Arguments -----
+
+
+@pytest.fixture
+def any_rom(tmp_path) -> str:
+    """check_args only needs the ROM file to exist; the environment validates its contents."""
+    path = tmp_path / "any.gb"
+    path.write_bytes(b"\0" * 32768)
+    return str(path)
+
+
+def test_env_arguments_mirror_pokemon_env_defaults():
+    """Every environment argument the trainer passes exists in pokemon_env with the same default."""
+    env_defaults = {
+        name: p.default for name, p in inspect.signature(pokemon_env.PokemonRedEnv.__init__).parameters.items()
+    }
+    args = Args()
+    for name, value in ppo_pokemon.env_kwargs_from_args(args).items():
+        assert name in env_defaults, name
+        if name != "rom_path":  # ours is relative to the working directory, like runs/ and checkpoints/
+            assert value == env_defaults[name], name
+    missing = {n for n in env_defaults if n.endswith(("_reward", "_penalty"))} - set(dataclasses.asdict(args))
+    assert not missing, f"reward weights not mirrored in Args: {missing}"
+
+
+def test_defaults_match_the_design():
+    a = Args()
+    assert (a.num_envs, a.total_timesteps, a.batch_size, a.minibatch_size, a.update_epochs) == (4, 500_000, 2048, 256, 4)
+    assert (a.learning_rate, a.gamma, a.gae_lambda, a.clip_coef, a.ent_coef, a.vf_coef, a.max_grad_norm) == (
+        2.5e-4, 0.99, 0.95, 0.2, 0.01, 0.5, 0.5)
+    assert a.anneal_lr and a.clip_vloss and a.target_kl is None
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(num_envs=0), "--num-envs must be at least 1"),
+        (dict(batch_size=2047), "multiple of --num-envs"),
+        (dict(minibatch_size=300), "divisible by --minibatch-size"),
+        (dict(total_timesteps=1000), "less than one batch"),
+        (dict(num_envs=3, batch_size=12, minibatch_size=4, vec_backend="multiprocessing", num_workers=2),
+         "divisible by --num-workers"),
+        (dict(vec_backend="multiprocessing", num_workers=4), "exceeds the 2 physical cores"),
+        (dict(vec_backend="serial", num_workers=2), "applies only to --vec-backend multiprocessing"),
+        (dict(update_epochs=0), "--update-epochs must be at least 1"),
+        (dict(obs_height=20), "at least 36x36"),
+        (dict(rom_path="roms/no_such_rom.gb"), "ROM not found"),
+    ],
+)
+def test_impossible_arguments_are_refused(changes, message, any_rom):
+    args = dataclasses.replace(Args(rom_path=any_rom), **changes)
+    assert message in ppo_pokemon.check_args(args, physical_cores=2)
+
+
+def test_default_arguments_pass_and_backend_choice(any_rom):
+    args = Args(rom_path=any_rom)
+    assert ppo_pokemon.check_args(args, physical_cores=2) is None
+    assert ppo_pokemon.choose_vectorization(args, 2) == ("serial", None)
+    assert ppo_pokemon.choose_vectorization(args, 8) == ("multiprocessing", 4)
+    assert ppo_pokemon.choose_vectorization(dataclasses.replace(args, num_envs=6), 4) == ("multiprocessing", 3)
+
+
+def test_flags_given_reads_tyro_spellings():
+    given = ppo_pokemon.flags_given(["--num-envs", "8", "--total-timesteps=100", "--no-cuda", "--resume", "x.pt"])
+    assert given == {"num_envs", "total_timesteps", "cuda", "resume"}
+
+
+# ----- Exploration heatmap -----
+
+
+def test_heatmap_counts_episodes_per_tile_and_renders_a_grid():
+    counts = {}
+    tile = lambda map_id, y, x: map_id << 16 | y << 8 | x  # noqa: E731
+    ppo_pokemon.add_visits(counts, np.array([tile(0x26, 3, 4), tile(0x26, 3, 5), tile(0x00, 10, 2)], np.int32))
+    ppo_pokemon.add_visits(counts, np.array([tile(0x26, 3, 4)], np.int32))
+    assert counts[0x26][3, 4] == 2 and counts[0x26][3, 5] == 1 and counts[0x00][10, 2] == 1
+    assert counts[0x26].sum() == 3
+    image = ppo_pokemon.render_heatmap(counts, num_episodes=2)
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert image.shape[0] <= 400 and image.shape[1] <= 600  # compact
+    many = {m: np.ones((256, 256), np.int32) for m in range(30)}
+    image = ppo_pokemon.render_heatmap(many, num_episodes=1)  # at most 12 panels, 4 across
+    assert image.shape[0] <= 600 and image.shape[1] <= 600
+
+
+def test_checkpoint_round_trip_and_bad_files(tmp_path):
+    agent = Agent((4, 84, 84), 8)
+    path = str(tmp_path / "c.pt")
+    ppo_pokemon.save_checkpoint(path, {"format": ppo_pokemon.CHECKPOINT_FORMAT, "model": agent.state_dict(),
+                                       "rng": ppo_pokemon.rng_states()})
+    loaded = ppo_pokemon.load_checkpoint(path)
+    ppo_pokemon.set_rng_states(loaded["rng"])
+    Agent((4, 84, 84), 8).load_state_dict(loaded["model"])
+    assert list(tmp_path.iterdir()) == [tmp_path / "c.pt"]  # no temporary file left behind
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    for name, reason in [("junk.pt", "cannot read"), ("other.pt", "not a checkpoint"), ("none.pt", "not found")]:
+        with pytest.raises(ppo_pokemon.CheckpointError, match=reason) as error:
+            ppo_pokemon.load_checkpoint(str(tmp_path / name))
+        assert "\n" not in str(error.value)
