@@ -236,7 +236,8 @@ def compute_gae(rewards, values, terminations, truncations, dones, next_value, g
     return advantages, advantages + values
 
 
-def ppo_loss(newlogprob, entropy, newvalue, logprobs, advantages, returns, values, clip_coef, clip_vloss, norm_adv):
+def ppo_loss(newlogprob, entropy, newvalue, logprobs, advantages, returns, values,
+             clip_coef, clip_vloss, norm_adv):
     """CleanRL's PPO loss terms for one minibatch, in a function so tests can check them.
 
     Returns (pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac); the last three
@@ -328,9 +329,9 @@ def check_args(args: Args, physical_cores: int) -> Optional[str]:
         if num_workers < 1 or args.num_envs % num_workers:
             return f"--num-envs ({args.num_envs}) must be divisible by --num-workers ({num_workers})"
         if num_workers > physical_cores:
-            return f"--num-workers ({num_workers}) exceeds the {physical_cores} physical cores (PufferLib refuses)"
+            return f"--num-workers ({num_workers}) exceeds the {physical_cores} physical cores"
     if not os.path.isfile(args.rom_path):
-        return f"ROM not found: {args.rom_path} (bring your own Pokemon Red, or try --rom-path roms/standin.gb)"
+        return f"ROM not found: {args.rom_path} (bring your own, or try --rom-path roms/standin.gb)"
     if args.init_state is not None and not os.path.isfile(args.init_state):
         return f"init state not found: {args.init_state}"
     return None
@@ -402,7 +403,7 @@ def render_heatmap(visit_counts: dict, num_episodes: int, cell: int = 120, max_m
         left = pad + (i % cols) * (cell + pad)
         image[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
         name = MAP_NAMES.get(map_id, f"map 0x{map_id:02x}")[:18]
-        cv2.putText(image, name, (left, top - 3), cv2.FONT_HERSHEY_PLAIN, 0.8, (230, 230, 230), 1, cv2.LINE_AA)
+        cv2.putText(image, name, (left, top - 3), cv2.FONT_HERSHEY_PLAIN, 0.8, (230,) * 3, 1, cv2.LINE_AA)
     return image
 
 
@@ -451,8 +452,10 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a damaged file raises one of many types, depending on where it broke
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise CheckpointError(f"cannot read checkpoint {path} (corrupt, or not a checkpoint): {reason}") from None
+        reason = " ".join(str(e).split()) or type(e).__name__
+        reason = reason.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0]
+        reason = reason.strip().split(". ")[0][:160]  # the first sentence of torch's long message
+        raise CheckpointError(f"cannot read checkpoint {path} (corrupt or not one): {reason}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by ppo_pokemon.py")
     return checkpoint
@@ -468,7 +471,7 @@ class StopRequest:
         if self.requested:
             sys.exit(130)  # checkpoints already on disk are whole: they are written atomically
         self.requested = True
-        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+        print("\nCtrl-C: stopping after this step to save a checkpoint (Ctrl-C again: abort)", flush=True)
 
 
 def evaluate(agent, env, num_episodes: int, seed: int, device, stop: StopRequest) -> dict:
@@ -549,12 +552,13 @@ if __name__ == "__main__":
     # env setup. Workers are forked with SIGINT ignored: Ctrl-C is the main process's to handle.
     backend, num_workers = choose_vectorization(args, physical_cores)
     vec_kwargs = {"num_workers": num_workers} if backend == "multiprocessing" else {}
+    vec_backend = pufferlib.vector.Multiprocessing if backend == "multiprocessing" else pufferlib.vector.Serial
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         envs = pufferlib.vector.make(
             pokemon_env.make_env,
             env_kwargs=env_kwargs,
-            backend=pufferlib.vector.Multiprocessing if backend == "multiprocessing" else pufferlib.vector.Serial,
+            backend=vec_backend,
             num_envs=args.num_envs,
             **vec_kwargs,
         )
@@ -585,17 +589,17 @@ if __name__ == "__main__":
         best_badges = float(checkpoint.get("best_badges", 0.0))
         set_rng_states(checkpoint["rng"])
 
-    # Departure from CleanRL: on resume, purge_step hides events logged after the checkpoint.
-    writer = SummaryWriter(f"runs/{run_name}", purge_step=global_step if checkpoint is not None else None)
+    # Departure from CleanRL: on resume, purge_step hides the events logged after the checkpoint.
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=global_step + 1 if checkpoint is not None else None)
     if checkpoint is None:
         writer.add_text(
             "hyperparameters",
             "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
         )
     checkpoint_dir = os.path.join("checkpoints", run_name)
-    print(f"run {run_name}: {args.num_envs} envs ({backend}{f', {num_workers} workers' if num_workers else ''}), "
-          f"{num_iterations} updates of {args.batch_size} steps, device {device}, "
-          f"{sum(p.numel() for p in agent.parameters()):,} parameters", flush=True)
+    workers = f", {num_workers} workers" if num_workers else ""
+    print(f"run {run_name}: {args.num_envs} envs ({backend}{workers}), {num_iterations} updates of "
+          f"{args.batch_size} steps, {device}, {sum(p.numel() for p in agent.parameters()):,} parameters")
 
     def write_checkpoint(update: int, step: int) -> str:
         path = os.path.join(checkpoint_dir, f"checkpoint_update{update:06d}.pt")
@@ -614,13 +618,14 @@ if __name__ == "__main__":
             "rom_sha1": rom_sha1,
             "rom_name": os.path.basename(args.rom_path),
             "best_badges": best_badges,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         })
         return path
 
     # ALGO Logic: Storage setup
-    obs = torch.zeros((args.num_steps, args.num_envs) + obs_shape, dtype=torch.uint8).to(device)  # (num_steps, num_envs, C, H, W)
-    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long).to(device)  # (num_steps, num_envs)
+    # (num_steps, num_envs, C, H, W), uint8 as the env gives them: the network scales them
+    obs = torch.zeros((args.num_steps, args.num_envs) + obs_shape, dtype=torch.uint8).to(device)
+    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long).to(device)  # (num_steps, envs)
     logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)  # (num_steps, num_envs)
     rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)  # (num_steps, num_envs)
     terminations = torch.zeros((args.num_steps, args.num_envs)).to(device)  # (num_steps, num_envs)
@@ -635,7 +640,8 @@ if __name__ == "__main__":
     recent_returns = deque(maxlen=20)
     visit_counts, heatmap_episodes = {}, 0
     next_obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run does not replay its episodes
-    next_obs = torch.as_tensor(next_obs, device=device)  # on CPU a view of PufferLib's buffer, copied into obs[step]
+    # On CPU next_obs is a view of PufferLib's buffer: obs[step] = next_obs copies it before the next step.
+    next_obs = torch.as_tensor(next_obs, device=device)
     next_done = torch.zeros(args.num_envs).to(device)
     last_update, last_saved = start_iteration - 1, None
 
@@ -716,7 +722,8 @@ if __name__ == "__main__":
         update_stats = []  # per minibatch: pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac
         for epoch in range(args.update_epochs if len(valid_inds) > 1 else 0):
             for mb_inds in np.array_split(np.random.permutation(valid_inds), num_minibatches):
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds],
+                                                                              b_actions[mb_inds])
                 pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = ppo_loss(
                     newlogprob, entropy, newvalue, b_logprobs[mb_inds], b_advantages[mb_inds],
                     b_returns[mb_inds], b_values[mb_inds], args.clip_coef, args.clip_vloss, args.norm_adv,
@@ -763,7 +770,8 @@ if __name__ == "__main__":
         writer.add_scalar("perf/update_samples_per_second",
                           len(valid_inds) * args.update_epochs / update_seconds, global_step)
         if episode_stats:
-            log_episode_stats(writer, "episode", {k: float(np.mean(v)) for k, v in episode_stats.items()}, global_step)
+            episode_means = {key: float(np.mean(values)) for key, values in episode_stats.items()}
+            log_episode_stats(writer, "episode", episode_means, global_step)
             writer.add_scalar("episode/count", len(episode_stats["episode_return"]), global_step)
             writer.add_scalar("episode/max_badges", max(episode_stats.get("badges", [0.0])), global_step)
         if heatmap_episodes and (iteration % args.heatmap_interval == 0 or iteration == num_iterations):
@@ -771,9 +779,10 @@ if __name__ == "__main__":
             writer.add_image("episode/exploration_heatmap", image, global_step, dataformats="HWC")
             visit_counts, heatmap_episodes = {}, 0
 
-        eta = (num_iterations * args.batch_size - global_step) / sps
+        total_steps = num_iterations * args.batch_size
+        eta = (total_steps - global_step) / sps
         mean_return = f"{np.mean(recent_returns):.2f}" if recent_returns else "-"
-        print(f"update {iteration}/{num_iterations} | step {global_step:,}/{num_iterations * args.batch_size:,} | "
+        print(f"update {iteration}/{num_iterations} | step {global_step:,}/{total_steps:,} | "
               f"{sps:,.0f} steps/s (rollout {rollout_seconds:.1f}s, update {update_seconds:.1f}s) | "
               f"ETA {format_seconds(eta)} | return {mean_return} | best badges {best_badges:g}",
               end="\r" if sys.stdout.isatty() else "\n", flush=True)
@@ -787,14 +796,16 @@ if __name__ == "__main__":
         if args.eval_episodes > 0 and iteration % args.eval_interval == 0:
             eval_start = time.time()
             if eval_env is None:
-                eval_env = pokemon_env.make_env(**{**env_kwargs, "max_steps": args.eval_max_steps or args.max_steps})
+                eval_kwargs = {**env_kwargs, "max_steps": args.eval_max_steps or args.max_steps}
+                eval_env = pokemon_env.make_env(**eval_kwargs)
             eval_stats = evaluate(agent, eval_env, args.eval_episodes, args.seed + 1_000_000, device, stop)
             eval_seconds += time.time() - eval_start
             if not stop.requested:
                 log_episode_stats(writer, "eval", eval_stats, global_step)
                 writer.add_scalar("perf/eval_seconds", time.time() - eval_start, global_step)
-                print(f"{chr(10) if sys.stdout.isatty() else ''}eval after update {iteration}: return {eval_stats.get('episode_return', float('nan')):.2f}, "
-                      f"badges {eval_stats.get('badges', 0):g} ({args.eval_episodes} episodes)", flush=True)
+                print(f"{chr(10) if sys.stdout.isatty() else ''}eval after update {iteration}: return "
+                      f"{eval_stats['episode_return']:.2f}, badges {eval_stats['badges']:g} "
+                      f"({args.eval_episodes} episodes)", flush=True)
 
     if last_saved != last_update:
         write_checkpoint(last_update, global_step)
@@ -809,4 +820,4 @@ if __name__ == "__main__":
         print(f"stopped at step {global_step:,}; checkpoint {path}; continue with: "
               f"python ppo_pokemon.py --resume {path}", flush=True)
         sys.exit(130)
-    print(f"done: {global_step:,} steps in {format_seconds(time.time() - start_time)}; checkpoint {path}", flush=True)
+    print(f"done: {global_step:,} steps in {format_seconds(time.time() - start_time)}; checkpoint {path}")

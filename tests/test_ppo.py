@@ -281,8 +281,11 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "c.pt"]  # no temporary file left behind
 
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:100_000])
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
-    for name, reason in [("junk.pt", "cannot read"), ("other.pt", "not a checkpoint"), ("none.pt", "not found")]:
+    cases = [("junk.pt", "cannot read"), ("cut.pt", "cannot read"), ("other.pt", "not a checkpoint"),
+             ("none.pt", "not found")]
+    for name, reason in cases:
         with pytest.raises(ppo_pokemon.CheckpointError, match=reason) as error:
             ppo_pokemon.load_checkpoint(str(tmp_path / name))
         assert "\n" not in str(error.value)

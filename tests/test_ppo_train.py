@@ -1,0 +1,177 @@
+"""Subprocess runs of ppo_pokemon.py on the stand-in cartridge, with tiny budgets (as CleanRL tests)."""
+import hashlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+STANDIN_ROM = ROOT / "roms" / "standin.gb"
+TRAINER = str(ROOT / "ppo_pokemon.py")
+# 2 envs x 32 steps = 64 steps an update, 3 updates; 40-step episodes end twice per env.
+TINY = [
+    "--num-envs", "2", "--num-steps", "32", "--minibatch-size", "32", "--total-timesteps", "192",
+    "--max-steps", "40", "--save-interval", "2", "--eval-interval", "2", "--eval-episodes", "1",
+    "--eval-max-steps", "20", "--heatmap-interval", "1", "--vec-backend", "serial",
+]  # fmt: skip
+REQUIRED_TAGS = {
+    "train/policy_loss", "train/value_loss", "train/entropy_loss", "train/approx_kl", "train/learning_rate",
+    "perf/steps_per_second", "episode/mean_reward", "episode/mean_length", "episode/mean_badges",
+    "train/clipfrac", "train/explained_variance", "perf/rollout_seconds", "perf/update_seconds",
+    "episode/unique_tiles", "episode/maps_visited", "episode/level_sum", "episode/event_flags",
+    "episode/pokedex_seen", "episode/pokedex_owned", "episode/reward_explore", "episode/reward_badge",
+    "eval/mean_reward", "eval/mean_length",
+}  # fmt: skip
+
+
+def train(cwd, *extra, timeout=120):
+    command = [sys.executable, TRAINER, "--rom-path", str(STANDIN_ROM), *TINY, *extra]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def events(cwd) -> EventAccumulator:
+    (run_dir,) = (Path(cwd) / "runs").iterdir()
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def scalars(accumulator, tag):
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def checkpoints(cwd):
+    return sorted((Path(cwd) / "checkpoints").glob("*/checkpoint_update*.pt"))
+
+
+def assert_one_line_error(result, text):
+    assert result.returncode == 2, result.stderr
+    # A warning may precede it (say, a stand-in cartridge rebuilt since the checkpoint was made).
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("ppo_pokemon.py: error:"), result.stderr
+    assert text in lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny training run, shared by the tests that read what it wrote."""
+    assert STANDIN_ROM.exists(), "roms/standin.gb is missing: run python roms/build_standin.py"
+    cwd = tmp_path_factory.mktemp("train")
+    result = train(cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return cwd, result
+
+
+def test_run_writes_every_tag_and_sane_episode_stats(run):
+    cwd, result = run
+    assert "update 3/3" in result.stdout and "done: 192 steps" in result.stdout
+    accumulator = events(cwd)
+    tags = set(accumulator.Tags()["scalars"])
+    assert REQUIRED_TAGS <= tags, REQUIRED_TAGS - tags
+    assert "episode/exploration_heatmap" in accumulator.Tags()["images"]
+    # The trainer received the env's end-of-episode infos (PufferLib passes them as a flat list).
+    assert sum(value for _, value in scalars(accumulator, "episode/count")) == 4
+    assert all(value == 40 for _, value in scalars(accumulator, "episode/mean_length"))
+    assert all(value >= 1 for _, value in scalars(accumulator, "episode/unique_tiles"))
+    assert all(value == 20 for _, value in scalars(accumulator, "eval/mean_length"))
+    steps = [step for step, _ in scalars(accumulator, "train/policy_loss")]
+    assert steps == [64, 128, 192]
+    # Linear annealing from 2.5e-4 over the 192 steps, set at the start of each update.
+    lrs = [value for _, value in scalars(accumulator, "train/learning_rate")]
+    assert lrs == pytest.approx([2.5e-4, 2.5e-4 * 2 / 3, 2.5e-4 / 3], rel=1e-5)
+    assert all(0 <= value <= 1 for _, value in scalars(accumulator, "train/clipfrac"))
+
+
+def test_run_writes_loadable_checkpoints(run):
+    cwd, _ = run
+    assert [path.name for path in checkpoints(cwd)] == ["checkpoint_update000002.pt", "checkpoint_update000003.pt"]
+    checkpoint = torch.load(checkpoints(cwd)[-1], weights_only=True)
+    assert checkpoint["global_step"] == 192 and checkpoint["update"] == 3
+    assert checkpoint["obs_shape"] == [4, 84, 84] and checkpoint["num_actions"] == 8
+    assert checkpoint["rom_sha1"] == hashlib.sha1(STANDIN_ROM.read_bytes()).hexdigest()
+    assert checkpoint["env_kwargs"]["max_steps"] == 40 and checkpoint["args"]["num_envs"] == 2
+    assert {"model", "optimizer", "rng", "run_name"} <= set(checkpoint)
+    from ppo_pokemon import Agent
+
+    agent = Agent(tuple(checkpoint["obs_shape"]), checkpoint["num_actions"])
+    agent.load_state_dict(checkpoint["model"])
+
+
+def test_resume_continues_global_step_schedule_and_curves(run, tmp_path):
+    cwd, _ = run
+    shutil.copytree(cwd / "runs", tmp_path / "runs")
+    shutil.copytree(cwd / "checkpoints", tmp_path / "checkpoints")
+    first_update2, first_update3 = checkpoints(tmp_path)
+    original = torch.load(first_update3, weights_only=True)
+    first_update3.unlink()
+
+    result = subprocess.run([sys.executable, TRAINER, "--resume", str(first_update2)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)  # settings come from the checkpoint
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "update 3/3" in result.stdout and "update 1/" not in result.stdout
+    resumed = torch.load(first_update3, weights_only=True)
+    assert resumed["global_step"] == 192 and resumed["update"] == 3
+    assert resumed["run_name"] == original["run_name"]
+    assert resumed["optimizer"]["param_groups"][0]["lr"] == pytest.approx(original["optimizer"]["param_groups"][0]["lr"])
+    before = torch.load(first_update2, weights_only=True)["optimizer"]["state"][0]["step"]
+    assert resumed["optimizer"]["state"][0]["step"] > before  # Adam's state was carried on
+    # One curve, continued: the events after the checkpoint's step were purged and rewritten.
+    lrs = scalars(events(tmp_path), "train/learning_rate")
+    assert [step for step, _ in lrs] == [64, 128, 192]
+    assert lrs[-1][1] == pytest.approx(2.5e-4 / 3, rel=1e-5)
+
+    # A flag given again overrides the checkpoint's setting: extend the run by one update.
+    result = subprocess.run([sys.executable, TRAINER, "--resume", str(first_update3), "--total-timesteps", "256"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    extended = torch.load(checkpoints(tmp_path)[-1], weights_only=True)
+    assert extended["global_step"] == 256 and extended["update"] == 4
+
+
+def test_ctrl_c_saves_a_loadable_checkpoint(tmp_path, standin_rom):
+    command = [sys.executable, TRAINER, "--rom-path", str(standin_rom), *TINY, "--total-timesteps", "100000"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    for line in process.stdout:  # progress lines end in newlines when stdout is not a terminal
+        if line.startswith("update 1/") or time.time() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and "--resume" in stdout
+    (path,) = checkpoints(tmp_path)
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["update"] >= 1 and checkpoint["global_step"] == 64 * checkpoint["update"]
+    assert not list(path.parent.glob("*.tmp*"))
+
+
+def test_unusable_checkpoints_are_refused_in_one_line(run, tmp_path):
+    """Junk, foreign and missing files are covered in-process (test_ppo.py); here the whole script."""
+    cwd, _ = run
+    good = checkpoints(cwd)[0]
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # a kill mid-copy
+    result = subprocess.run([sys.executable, TRAINER, "--resume", str(tmp_path / "cut.pt")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert_one_line_error(result, "cannot read checkpoint")
+    result = subprocess.run([sys.executable, TRAINER, "--resume", str(good), "--frame-stack", "2"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result, "checkpoint observations are (4, 84, 84), this env gives (2, 84, 84)")
+
+
+def test_bad_arguments_are_refused_in_one_line(tmp_path):
+    """Every refusal is checked in-process (test_ppo.py); here that the script prints one line."""
+    assert_one_line_error(train(tmp_path, "--minibatch-size", "100"), "--minibatch-size")
+    not_a_rom = tmp_path / "empty.gb"
+    not_a_rom.write_bytes(b"")
+    result = subprocess.run([sys.executable, TRAINER, "--rom-path", str(not_a_rom)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert_one_line_error(result, "is not a Game Boy ROM")  # the environment's own error, passed on
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
