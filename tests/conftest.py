@@ -24,3 +24,33 @@ def pytest_collection_modifyitems(config, items):
 def standin_rom() -> Path:
     assert STANDIN_ROM.exists(), "roms/standin.gb is missing: run python roms/build_standin.py"
     return STANDIN_ROM
+
+
+@pytest.fixture(scope="session")
+def start_state_file(tmp_path_factory) -> Path:
+    """The stand-in's start state (intro played once per session), as an init_state file."""
+    from pokemon_env import PokemonRedEnv
+
+    assert STANDIN_ROM.exists(), "roms/standin.gb is missing: run python roms/build_standin.py"
+    env = PokemonRedEnv(rom_path=STANDIN_ROM)
+    path = tmp_path_factory.mktemp("states") / "standin_start.state"
+    path.write_bytes(env.start_state)
+    env.close()
+    return path
+
+
+@pytest.fixture
+def standin_env(standin_rom):
+    """Factory for environments on the stand-in cartridge; closes them after the test."""
+    from pokemon_env import PokemonRedEnv
+
+    envs = []
+
+    def make(**kwargs):
+        env = PokemonRedEnv(rom_path=standin_rom, **kwargs)
+        envs.append(env)
+        return env
+
+    yield make
+    for env in envs:
+        env.close()

@@ -1,0 +1,174 @@
+"""Each reward term fires when its game state changes, once, and not otherwise.
+
+States the stand-in reaches only slowly (badges, Pokedex, party changes, blackouts) are written
+into the emulator's RAM between steps, exactly where the real game keeps them.
+"""
+import pytest
+
+from pokemon_env import ACTIONS, EVENT_FLAGS_ADDRESS, IS_IN_BATTLE, OBTAINED_BADGES_ADDRESS, POKEDEX_OWNED, POKEDEX_SEEN
+
+B = ACTIONS.index("b")  # does nothing while the player walks the overworld
+PARTY_COUNT, PARTY_SPECIES, PARTY_MONS, MON_SIZE = 0xD163, 0xD164, 0xD16B, 44
+
+
+def write_party(env, mons):
+    """mons: list of (species, level, hp, max_hp)."""
+    memory = env.pyboy.memory
+    memory[PARTY_COUNT] = len(mons)
+    for slot, (species, level, hp, max_hp) in enumerate(mons):
+        memory[PARTY_SPECIES + slot] = species
+        mon = PARTY_MONS + slot * MON_SIZE
+        memory[mon] = species
+        memory[mon + 0x01], memory[mon + 0x02] = hp >> 8, hp & 0xFF
+        memory[mon + 0x21] = level
+        memory[mon + 0x22], memory[mon + 0x23] = max_hp >> 8, max_hp & 0xFF
+    memory[PARTY_SPECIES + len(mons)] = 0xFF
+
+
+def step_rewards(env, action=B):
+    """One step; the reward and the episode's per-term totals."""
+    _, reward, _, _, _ = env.step(action)
+    return reward, dict(env.reward_totals)
+
+
+@pytest.fixture
+def env(standin_env):
+    env = standin_env(max_steps=1000)
+    env.reset(seed=0)
+    return env
+
+
+def test_idle_steps_earn_nothing(env):
+    for _ in range(5):
+        assert step_rewards(env)[0] == 0
+
+
+def test_talking_to_mom_sets_an_event_flag_once(env):
+    for button in ["up"] * 4 + ["right", "up"]:  # to (4, 2), facing MOM at (4, 1)
+        env.step(ACTIONS.index(button))
+    assert env.reward_totals["event"] == 0
+    reward, totals = step_rewards(env, ACTIONS.index("a"))
+    assert reward == pytest.approx(1.6) and env.pyboy.memory[EVENT_FLAGS_ADDRESS + 2] & 1  # event 16
+    for button in ["b", "b", "b", "a", "b", "b", "b"]:  # read it all again: no second reward
+        assert step_rewards(env, ACTIONS.index(button))[0] == 0
+
+
+def test_resting_in_bed_heals(env):
+    write_party(env, [(0x99, 10, 10, 40)])
+    step_rewards(env)
+    rewards = [step_rewards(env, ACTIONS.index("left"))[0] for _ in range(2)]  # onto the bed at (1, 6)
+    assert rewards == [pytest.approx(0.01), pytest.approx(0.01 + 0.8 * 30 / 40)]
+    assert env.party[2] == (40,)
+
+
+def test_badge_reward_once_per_new_badge(env):
+    memory = env.pyboy.memory
+    memory[OBTAINED_BADGES_ADDRESS] |= 0b001
+    assert step_rewards(env)[0] == pytest.approx(4.0)
+    assert step_rewards(env)[0] == 0
+    memory[OBTAINED_BADGES_ADDRESS] |= 0b110
+    assert step_rewards(env)[0] == pytest.approx(8.0)
+    memory[OBTAINED_BADGES_ADDRESS] &= ~0b001
+    step_rewards(env)
+    memory[OBTAINED_BADGES_ADDRESS] |= 0b001  # lost and regained: not new
+    assert step_rewards(env)[0] == 0
+    assert env.reward_totals["badge"] == pytest.approx(12.0)
+
+
+def test_event_flags_set_in_the_start_state_earn_nothing(standin_env, tmp_path):
+    env = standin_env()
+    env.reset(seed=0)
+    env.pyboy.memory[EVENT_FLAGS_ADDRESS + 10] |= 0b1  # already set when the episode starts
+    state = tmp_path / "with_flag.state"
+    env.save_state(state)
+
+    env = standin_env(init_state=state, max_steps=4)
+    env.reset(seed=0)
+    memory = env.pyboy.memory
+    assert step_rewards(env)[0] == 0
+    memory[EVENT_FLAGS_ADDRESS + 300] |= 0b100  # newly set: one flag
+    assert step_rewards(env)[0] == pytest.approx(1.6)
+    memory[EVENT_FLAGS_ADDRESS + 300] &= ~0b100
+    step_rewards(env)
+    memory[EVENT_FLAGS_ADDRESS + 300] |= 0b100  # cleared and set again: pays once per episode
+    _, reward, _, truncated, info = env.step(B)
+    assert reward == 0 and truncated
+    assert info["event_flags"] == 1 and info["reward_event"] == pytest.approx(1.6)
+
+
+def test_pokedex_seen_and_owned(env):
+    memory = env.pyboy.memory
+    memory[POKEDEX_SEEN] |= 0b11  # two species seen
+    assert step_rewards(env)[0] == pytest.approx(2 * 1.6)
+    memory[POKEDEX_OWNED + 18] |= 0b1  # one owned
+    reward, totals = step_rewards(env)
+    assert reward == pytest.approx(1.6)
+    assert totals["seen"] == pytest.approx(3.2) and totals["owned"] == pytest.approx(1.6)
+    assert step_rewards(env)[0] == 0
+
+
+def test_levels_gained_count_but_a_mon_joining_does_not(env):
+    write_party(env, [(0x99, 5, 20, 20)])
+    assert step_rewards(env)[0] == 0  # a level-5 mon joins: no level reward
+    write_party(env, [(0x99, 7, 26, 26)])  # two level-ups: HP and max HP rise together
+    reward, totals = step_rewards(env)
+    assert reward == pytest.approx(0.02)
+    assert totals["level"] == pytest.approx(0.02) and totals["heal"] == 0
+    write_party(env, [(0x99, 7, 26, 26), (0x24, 30, 80, 80)])
+    assert step_rewards(env)[0] == 0  # a level-30 mon joins
+    write_party(env, [(0x24, 30, 80, 80), (0x99, 7, 26, 26)])
+    assert step_rewards(env)[0] == 0  # swapping places is not levelling
+    write_party(env, [(0x24, 31, 82, 82), (0x99, 7, 26, 26)])
+    assert step_rewards(env)[0] == pytest.approx(0.01)
+
+
+def test_same_species_swap_and_garbage_party_earn_nothing(env):
+    write_party(env, [(0x99, 5, 20, 20), (0x99, 9, 30, 30)])
+    step_rewards(env)
+    for _ in range(3):  # swapping two of a kind looks like +4 levels in slot 0: never paid
+        write_party(env, [(0x99, 9, 30, 30), (0x99, 5, 20, 20)])
+        assert step_rewards(env)[0] == 0
+        write_party(env, [(0x99, 5, 20, 20), (0x99, 9, 30, 30)])
+        assert step_rewards(env)[0] == 0
+    env.pyboy.memory[PARTY_COUNT] = 0xFF  # garbage, as during the intro
+    assert step_rewards(env)[0] == 0
+    write_party(env, [(0x99, 5, 20, 20), (0x99, 9, 30, 30)])
+    assert step_rewards(env)[0] == 0
+    assert env.reward_totals["level"] == 0
+
+
+def test_healing_outside_battle_only(env):
+    memory = env.pyboy.memory
+    write_party(env, [(0x99, 10, 10, 40)])
+    assert step_rewards(env)[0] == 0  # joins hurt
+    write_party(env, [(0x99, 10, 30, 40)])  # 20 of 40 HP restored
+    assert step_rewards(env)[0] == pytest.approx(0.8 * 20 / 40)
+    write_party(env, [(0x99, 10, 10, 40)])
+    assert step_rewards(env)[0] == 0  # damage is not penalised
+    memory[IS_IN_BATTLE] = 1
+    step_rewards(env)
+    write_party(env, [(0x99, 10, 40, 40)])  # a potion in battle
+    assert step_rewards(env)[0] == 0
+    memory[IS_IN_BATTLE] = 0
+    assert step_rewards(env)[0] == 0  # the battle just ended
+    assert env.reward_totals["heal"] == pytest.approx(0.4)
+
+
+def test_blackout_penalty_and_no_heal_for_the_revival(env):
+    write_party(env, [(0x99, 10, 40, 40), (0x24, 10, 30, 30)])
+    step_rewards(env)
+    write_party(env, [(0x99, 10, 0, 40), (0x24, 10, 5, 30)])
+    assert step_rewards(env)[0] == 0  # one fainted: not a blackout
+    write_party(env, [(0x99, 10, 0, 40), (0x24, 10, 0, 30)])
+    assert step_rewards(env)[0] == pytest.approx(-0.08)
+    assert step_rewards(env)[0] == 0  # still wiped out: counted once
+    write_party(env, [(0x99, 10, 40, 40), (0x24, 10, 30, 30)])  # warped and healed
+    assert step_rewards(env)[0] == 0
+    assert env.blackouts == 1 and env.reward_totals["blackout"] == pytest.approx(-0.08)
+
+
+def test_zero_weight_disables_a_term(standin_env):
+    env = standin_env(badge_reward=0.0, explore_reward=0.0)
+    env.reset(seed=0)
+    env.pyboy.memory[OBTAINED_BADGES_ADDRESS] |= 0b1
+    assert step_rewards(env)[0] == 0
