@@ -550,7 +550,7 @@ WILD = [("PIDGEY", 0x24, 16, 3, 3, 3), ("RATTATA", 0xA5, 19, 3, 3, 3),
 # The gym leader's battle: wCurOpponent is the trainer id (200 + trainer class), like the real game.
 LEADER = ("ONIX", 0xC8 + 0x22, 95, 8, 4, 12)
 ENCOUNTER_RATE = 64  # out of 256 per step in grass
-BADGE_LEVEL = 12  # the leader battles only at or above this level
+BADGE_LEVEL = 15  # the leader battles only at or above this level (random agents reach about 5-10)
 RNG_SEED = 0x2A5B  # reset at NEW GAME, so the route after the intro does not depend on its timing
 
 # Event flags: event i is bit i%8 of wEventFlags + i//8.

@@ -1,0 +1,335 @@
+"""The stand-in cartridge behaves, where our code looks, like Pokemon Red: through the real emulator."""
+import importlib.util
+import io
+
+import numpy as np
+import pytest
+
+import standin_play as sp
+from standin_play import BUTTONS, in_control, new_pyboy, play, position, press
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def load_build_script():
+    spec = importlib.util.spec_from_file_location("build_standin", sp.ROM.parent / "build_standin.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def pyboy(standin_rom):
+    emulator = new_pyboy(standin_rom)
+    yield emulator
+    emulator.stop(save=False)
+
+
+@pytest.fixture
+def started(pyboy):
+    """In control in the bedroom, right after the intro."""
+    sp.skip_intro(pyboy)
+    return pyboy
+
+
+def settle(pyboy, button="b", limit=40):
+    """Close texts (and fight, when button is "a") until the player is in control again."""
+    for _ in range(limit):
+        if in_control(pyboy):
+            return
+        press(pyboy, button, render=False)
+    raise AssertionError("never got back into control")
+
+
+def window_matches_tile_map(pyboy):
+    m = pyboy.memory
+    return all(m[0x9C00 + 32 * y + x] == m[sp.TILE_MAP + 20 * y + x] for y in range(18) for x in range(20))
+
+
+# ---- The cartridge file ------------------------------------------------------------------------
+
+def test_build_reproduces_the_committed_rom_with_a_valid_header(standin_rom):
+    rom = load_build_script().build()
+    assert rom == standin_rom.read_bytes(), "run python roms/build_standin.py and commit roms/standin.gb"
+    assert len(rom) == 32 * 1024 and rom[0x147] == 0x00 and rom[0x148] == 0x00  # ROM only, 32 KiB
+    assert rom[0x134:0x144].rstrip(b"\0") == b"STANDIN"
+    assert rom[0x104:0x108] == bytes([0xCE, 0xED, 0x66, 0x66]) and rom[0x130:0x134] == bytes([0xBB, 0xB9, 0x33, 0x3E])
+    check = 0
+    for byte in rom[0x134:0x14D]:
+        check = (check - byte - 1) & 0xFF
+    assert rom[0x14D] == check
+    assert (rom[0x14E] << 8 | rom[0x14F]) == (sum(rom) - rom[0x14E] - rom[0x14F]) & 0xFFFF
+
+
+def test_helper_constants_match_the_build_script():
+    build = load_build_script()
+    assert sp.BADGE_LEVEL == build.BADGE_LEVEL
+    for name, (index, map_id, x, y) in sp.EVENTS.items():
+        assert build.EVENTS[name] == index
+        rows = build.MAPS[{v: k for k, v in build.MAP_IDS.items()}[map_id]]["rows"]
+        assert rows[y][x] in "sNP"  # a sign, a person or the PC
+    assert build.EVENTS["BEAT_BROCK"] == sp.BEAT_BROCK
+
+
+# ---- Intro -------------------------------------------------------------------------------------
+
+def test_intro_shows_the_real_games_signals_in_order_and_ends_in_control(pyboy):
+    m = pyboy.memory
+    seen_out_of_control = 0
+    for _ in range(20):  # title screen: nothing to control yet
+        sp.wait(pyboy)
+        seen_out_of_control += not in_control(pyboy)
+    assert seen_out_of_control == 20
+    stages = sp.skip_intro(pyboy)
+    assert stages == ["main_menu", "prompt", "player_names", "prompt", "rival_names", "prompt", "control"]
+    assert position(pyboy) == sp.START and in_control(pyboy)
+    assert [m[sp.PLAYER_NAME + i] for i in range(4)] == [0x91, 0x84, 0x83, 0x50]  # RED
+    assert [m[sp.RIVAL_NAME + i] for i in range(5)] == [0x81, 0x8B, 0x94, 0x84, 0x50]  # BLUE
+    assert m[sp.PARTY_COUNT] == 1 and m[sp.PARTY_SPECIES] != 0 and m[sp.PARTY_SPECIES + 1] == 0xFF
+    assert m[sp.PARTY_LEVEL] == 5 and sp.hp(pyboy) == sp.max_hp(pyboy) > 0
+    assert m[sp.HWY] == 0x90 and m[sp.FONT_LOADED] & 1 == 0
+    assert (m[sp.MAP_HEIGHT], m[sp.MAP_WIDTH]) == (4, 4)
+
+
+def test_name_list_ignores_b_and_main_menu_b_goes_back_to_the_title(pyboy):
+    m = pyboy.memory
+    while sp.intro_stage(pyboy) != "main_menu":
+        press(pyboy, "start")
+    press(pyboy, "b")  # back to the title
+    assert sp.intro_stage(pyboy) is None and not in_control(pyboy)
+    press(pyboy, "start")
+    assert sp.intro_stage(pyboy) == "main_menu" and m[sp.MENU_ITEM] == 0
+    press(pyboy, "a")
+    while sp.intro_stage(pyboy) == "prompt":
+        press(pyboy, "b")
+    assert sp.intro_stage(pyboy) == "player_names" and m[sp.MENU_ITEM] == 0
+    press(pyboy, "b")
+    press(pyboy, "down")
+    press(pyboy, "b")
+    assert sp.intro_stage(pyboy) == "player_names" and m[sp.MENU_ITEM] == 1
+    assert window_matches_tile_map(pyboy)  # wTileMap really is what the screen shows
+
+
+# ---- Movement, walls, doors -------------------------------------------------------------------
+
+def test_a_step_takes_under_24_frames_and_walls_only_turn_the_player(started):
+    m = started.memory
+    started.button_press("up")
+    started.tick(4, False)
+    mid_step = (m[sp.WALK_COUNTER], in_control(started))
+    started.button_release("up")
+    started.tick(20, False)
+    assert mid_step[0] != 0 and not mid_step[1]
+    assert position(started) == (sp.REDS_HOUSE_2F, 3, 5) and m[sp.FACING] == 0x04 and in_control(started)
+    press(started, "left")
+    assert position(started) == (sp.REDS_HOUSE_2F, 2, 5) and m[sp.FACING] == 0x08
+    play(started, ["down", "down"])  # (2, 6), then the wall at y = 7
+    assert position(started) == (sp.REDS_HOUSE_2F, 2, 6) and m[sp.FACING] == 0x00
+    press(started, "left")  # onto the bed at (1, 6), then the wall at x = 0
+    press(started, "left")
+    assert position(started) == (sp.REDS_HOUSE_2F, 1, 6) and in_control(started)
+
+
+def test_holding_does_not_repeat_and_short_presses_are_not_lost(started):
+    m = started.memory
+    press(started, "right", hold=20, frames=40)  # held past the end of the step: still one step
+    assert position(started) == (sp.REDS_HOUSE_2F, 4, 6)
+    started.button_press("right")  # a short press starts a step...
+    started.tick(3, False)
+    started.button_release("right")
+    started.tick(1, False)
+    started.button_press("up")  # ...and a 4-frame press during that step is kept for afterwards
+    started.tick(4, False)
+    assert m[sp.WALK_COUNTER] != 0
+    assert m[sp.JOY_HELD] & 0x40 and not m[sp.JOY_PRESSED]  # hJoyPressed: new presses only
+    started.button_release("up")
+    started.tick(40, False)
+    assert position(started) == (sp.REDS_HOUSE_2F, 5, 5)
+
+
+def test_doors_and_map_edges_warp_and_entering_from_outdoors_sets_last_map(started):
+    m = started.memory
+    play(started, sp.TO_TOWN)
+    assert position(started) == (sp.PALLET_TOWN, 3, 4) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (5, 4)
+    play(started, ["up"])  # back through the front door
+    assert position(started) == (sp.REDS_HOUSE_2F, 6, 2) and m[sp.LAST_MAP] == sp.PALLET_TOWN
+    play(started, ["up"] + sp.TOWN_TO_ROUTE)  # stairs, then out of town at the top edge
+    assert position(started) == (sp.ROUTE_1, 2, 6) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (3, 4)
+    play(started, ["down"])  # back down over the edge
+    assert position(started) == (sp.PALLET_TOWN, 4, 1) and in_control(started)
+
+
+# ---- Text, events, menu -------------------------------------------------------------------------
+
+def test_talking_and_reading_set_event_flags_and_text_blocks_control(started):
+    m = started.memory
+    assert not any(sp.event_set(started, index) for index, *_ in sp.EVENTS.values())
+    play(started, ["up"] * 4 + ["right", "up"])  # (4, 2) facing mom at (4, 1)
+    press(started, "a")
+    assert sp.event_set(started, sp.EVENTS["MOM"][0]) and not sp.event_set(started, sp.EVENTS["BEDROOM_PC"][0])
+    assert m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0 and m[sp.TILE_MAP + 20 * 16 + 18] == 0xEE
+    press(started, "left")
+    assert position(started) == (sp.REDS_HOUSE_2F, 4, 2) and not in_control(started)
+    settle(started)
+    play(started, ["left"] * 3 + ["up"])  # (1, 2) facing the PC at (1, 1)
+    press(started, "a")
+    settle(started)
+    assert sp.event_set(started, sp.EVENTS["BEDROOM_PC"][0])
+    play(started, ["right"] * 5 + ["up"] + sp.TOWN_TO_ROUTE)  # Route 1 at (2, 6), facing the youngster
+    press(started, "a")
+    settle(started)
+    assert sp.event_set(started, sp.EVENTS["ROUTE_YOUNGSTER"][0])
+    play(started, ["down", "down", "down", "down", "right", "right"])  # Pallet (6, 4), facing right
+    assert position(started) == (sp.PALLET_TOWN, 6, 4)
+    press(started, "down")  # the sign at (6, 5) blocks: the player turns to face it
+    press(started, "a")
+    assert m[sp.EVENT_FLAGS + 3] & 1 and m[sp.HWY] == 0  # TOWN_SIGN: event 24
+    press(started, "a")  # A closes text too
+    assert in_control(started)
+
+
+def test_start_menu_blocks_movement_until_b(started):
+    m = started.memory
+    press(started, "start")
+    assert not in_control(started) and m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0
+    assert m[sp.MENU_ITEM] == 0 and m[sp.MAX_MENU_ITEM] == 5
+    press(started, "down")
+    press(started, "down")
+    assert m[sp.MENU_ITEM] == 2
+    press(started, "up")
+    press(started, "left")
+    press(started, "a")  # A on an item other than EXIT keeps the menu open
+    assert m[sp.MENU_ITEM] == 1 and position(started) == sp.START and not in_control(started)
+    assert window_matches_tile_map(started)
+    press(started, "b")
+    assert in_control(started) and m[sp.FONT_LOADED] & 1 == 0 and m[sp.HWY] == 0x90
+    press(started, "up")
+    assert position(started) == (sp.REDS_HOUSE_2F, 3, 5)
+
+
+# ---- Battles, HP, badge -------------------------------------------------------------------------
+
+def test_grass_battle_blocks_movement_and_winning_raises_the_level(started):
+    m = started.memory
+    play(started, sp.GRASS_ROUTE)
+    steps = 0
+    while not m[sp.IS_IN_BATTLE]:
+        assert in_control(started) and steps < 40
+        press(started, "up" if m[sp.Y_COORD] == 4 else "down")
+        steps += 1
+    assert m[sp.IS_IN_BATTLE] == 1 and m[sp.CUR_OPPONENT] != 0 and not in_control(started)
+    assert any(m[sp.POKEDEX_SEEN + i] & ~m[sp.POKEDEX_OWNED + i] for i in range(19))  # seen, not owned
+    here, level, max_hp = position(started), m[sp.PARTY_LEVEL], sp.max_hp(started)
+    screen = np.array(started.screen.ndarray)
+    press(started, "right")
+    assert position(started) == here and m[sp.IS_IN_BATTLE] == 1
+    settle(started, "a")
+    assert m[sp.IS_IN_BATTLE] == 0 and m[sp.CUR_OPPONENT] == 0
+    assert m[sp.PARTY_LEVEL] == level + 1 and sp.max_hp(started) > max_hp
+    assert sp.hp(started) < sp.max_hp(started)  # the foe hit back
+    assert sum(bin(m[sp.POKEDEX_OWNED + i]).count("1") for i in range(19)) == 2  # the starter and the foe
+    sp.wait(started)
+    assert not np.array_equal(screen, started.screen.ndarray)  # the battle screen is not the map
+
+
+def test_hp_runs_out_in_a_blackout_and_the_bed_heals(started):
+    m = started.memory
+    play(started, sp.GRASS_ROUTE)
+    blackout_seen = healed = False
+    for _ in range(400):  # fight everything, never heal
+        if m[sp.IS_IN_BATTLE] == 0xFF:
+            blackout_seen = sp.hp(started) == 0
+        if blackout_seen and in_control(started):
+            break
+        if in_control(started):
+            press(started, "up" if m[sp.Y_COORD] == 4 else "down", render=False)
+        else:
+            press(started, "a", render=False)
+    assert blackout_seen and position(started) == sp.START and sp.hp(started) == sp.max_hp(started)
+    assert m[sp.IS_IN_BATTLE] == 0 and m[sp.CUR_OPPONENT] == 0
+    play(started, sp.BED_TO_GRASS)
+    while not m[sp.IS_IN_BATTLE]:
+        press(started, "up" if m[sp.Y_COORD] == 4 else "down", render=False)
+    settle(started, "a")
+    assert sp.hp(started) < sp.max_hp(started)
+    if m[sp.Y_COORD] != 4:
+        press(started, "down")
+        settle(started, "a")
+    for button in sp.GRASS_TO_BED:
+        settle(started)
+        press(started, button, render=False)
+    healed = sp.hp(started) == sp.max_hp(started) and position(started) == sp.HEAL
+    assert healed
+
+
+def test_leader_refuses_below_the_level_threshold(started):
+    m = started.memory
+    for button in sp.GRASS_ROUTE + sp.GRASS_TO_LEADER:
+        settle(started, "b")  # run from wild battles
+        press(started, button, render=False)
+    settle(started, "b")
+    assert position(started) == (sp.PEWTER_GYM, 3, 2) and m[sp.LAST_MAP] == sp.ROUTE_1
+    press(started, "a")
+    assert m[sp.FONT_LOADED] & 1 and m[sp.IS_IN_BATTLE] == 0  # "too weak", no battle
+    settle(started)
+    assert m[sp.BADGES] == 0 and m[sp.IS_IN_BATTLE] == 0
+
+
+def test_badge_route_wins_the_badge(started):
+    m = started.memory
+    levels, trainer_battle = set(), False
+    for button in sp.BADGE_ROUTE:
+        press(started, button, render=False)
+        levels.add(m[sp.PARTY_LEVEL])
+        trainer_battle |= m[sp.IS_IN_BATTLE] == 2
+    assert trainer_battle and m[sp.BADGES] & 1 and sp.event_set(started, sp.BEAT_BROCK)
+    assert min(levels) == 5 and max(levels) >= sp.BADGE_LEVEL
+    assert in_control(started) and 100 <= len(sp.BADGE_ROUTE) <= 400
+
+
+def test_badge_route_is_what_the_planner_records(started):
+    assert sp.plan_badge_route(started) == sp.BADGE_ROUTE
+
+
+@pytest.mark.parametrize("seed", [0, 21])
+def test_random_agent_explores_but_never_gets_the_badge(started, seed):
+    rng = np.random.default_rng(seed)
+    visited = set()
+    for _ in range(5000):
+        press(started, BUTTONS[rng.integers(len(BUTTONS))], render=False)
+        visited.add(position(started))
+    assert started.memory[sp.BADGES] == 0
+    assert len(visited) >= 20 and len({map_id for map_id, _, _ in visited}) >= 2
+
+
+# ---- Determinism and save states --------------------------------------------------------------
+
+def snapshot(pyboy):
+    sp.wait(pyboy, 1)
+    ram = bytes(pyboy.memory[0xC000:0xE000]) + bytes(pyboy.memory[0xFF80:0xFFFF])
+    return ram, np.array(pyboy.screen.ndarray)
+
+
+def test_same_inputs_give_the_same_ram_and_screen(standin_rom):
+    results = []
+    for _ in range(2):
+        emulator = new_pyboy(standin_rom)
+        sp.skip_intro(emulator)
+        play(emulator, sp.BADGE_ROUTE[:60])
+        results.append(snapshot(emulator))
+        emulator.stop(save=False)
+    assert results[0][0] == results[1][0] and np.array_equal(results[0][1], results[1][1])
+
+
+def test_save_and_load_state_round_trip(started):
+    play(started, sp.GRASS_ROUTE)
+    state = io.BytesIO()
+    started.save_state(state)
+    inputs = sp.BADGE_ROUTE[len(sp.GRASS_ROUTE):len(sp.GRASS_ROUTE) + 30]
+    play(started, inputs)
+    first = snapshot(started)
+    state.seek(0)
+    started.load_state(state)
+    play(started, inputs)
+    second = snapshot(started)
+    assert first[0] == second[0] and np.array_equal(first[1], second[1])
