@@ -66,8 +66,8 @@ def split_operands(text: str) -> list[str]:
     return parts
 
 
-def assemble(source: str, symbols: dict, size: int) -> bytes:
-    """Assemble `source` into a `size`-byte image (unused bytes are $00)."""
+def assemble(source: str, symbols: dict, size: int) -> tuple[bytes, dict]:
+    """Assemble `source` into a `size`-byte image (unused bytes $00); also return the labels."""
     lines, scope = [], ""
     for number, raw in enumerate(source.splitlines(), 1):
         text = raw.split(";", 1)[0].rstrip()
@@ -88,18 +88,17 @@ def assemble(source: str, symbols: dict, size: int) -> bytes:
         mnemonic, _, operands = text.partition(" ")
         lines.append((number, raw, label, mnemonic.lower(), split_operands(operands)))
 
-    def run(namespace, emit):
+    def run(namespace, final):
         pc, out = 0, bytearray(size)
         for number, raw, label, mnemonic, operands in lines:
-            if label:
-                if emit is None:
-                    if label in namespace and not isinstance(namespace, Lenient):
-                        raise AsmError(f"line {number}: label {label} defined twice")
-                    namespace[label] = pc
+            if label and not final:
+                if label in labels:
+                    raise AsmError(f"line {number}: label {label} defined twice")
+                labels[label] = namespace[label] = pc
             if not mnemonic:
                 continue
             try:
-                data = encode(mnemonic, operands, namespace, pc, check=emit is not None)
+                data = encode(mnemonic, operands, namespace, pc, check=final)
             except AsmError as err:
                 raise AsmError(f"line {number}: {raw.strip()}: {err}") from None
             if mnemonic == "org":
@@ -114,21 +113,17 @@ def assemble(source: str, symbols: dict, size: int) -> bytes:
             pc += len(data)
         return bytes(out)
 
-    layout = Lenient(symbols)
-    run(layout, None)
-    labels = {k: v for k, v in layout.items() if k not in symbols}
-    final = dict(symbols)
-    for name, value in labels.items():
-        if name in symbols:
-            raise AsmError(f"label {name} shadows a symbol")
-        final[name] = value
-    assemble.labels = labels  # kept for the build report and tests of the layout
-    return run(final, True)
+    labels: dict[str, int] = {}
+    run(Lenient(symbols), final=False)
+    clashes = set(labels) & set(symbols)
+    if clashes:
+        raise AsmError(f"labels shadow symbols: {sorted(clashes)}")
+    return run({**symbols, **labels}, final=True), labels
 
 
 def evaluate(expr: str, namespace):
     try:
-        return eval(expr, {"__builtins__": {"len": len}}, namespace)  # noqa: S307 (our own source)
+        return eval(expr, {"__builtins__": {}}, namespace)  # noqa: S307 (our own source)
     except Exception as err:  # noqa: BLE001
         raise AsmError(f"cannot evaluate {expr!r}: {err}") from None
 
@@ -136,11 +131,11 @@ def evaluate(expr: str, namespace):
 def encode(mnemonic: str, ops: list[str], ns, pc: int, check: bool) -> list[int]:
     low = [op.lower().replace(" ", "") for op in ops]
 
-    def value(i, bits=8, signed=False):
+    def value(i, bits=8):
         v = evaluate(ops[i], ns)
         if not isinstance(v, int):
             raise AsmError(f"{ops[i]!r} is not a number")
-        lo, hi = (-(1 << (bits - 1)), (1 << bits) - 1) if not signed else (-128, 127)
+        lo, hi = -(1 << (bits - 1)), (1 << bits) - 1  # negative numbers are two's complement
         if check and not lo <= v <= hi:
             raise AsmError(f"{ops[i]!r} = {v} does not fit in {bits} bits")
         return v & ((1 << bits) - 1)
@@ -1961,9 +1956,8 @@ Battle:
     ld [wIsInBattle], a
     ld a, [hl+]
     ld [wCurOpponent], a
-    ld de, wEnemyDex            ; Pokedex bit, hits, damage, level, name (in that order below)
     ld a, [hl+]
-    ld [de], a
+    ld [wEnemyDex], a
     ld a, [hl+]
     ld [wEnemyHP], a
     ld a, [hl+]
@@ -2241,7 +2235,8 @@ def symbols(tile_data: bytes, tiles: dict) -> dict:
 def build() -> bytes:
     tile_data, tiles = build_tiles()
     source = PROGRAM + build_data(tiles)
-    rom = bytearray(assemble(source, symbols(tile_data, tiles), ROM_SIZE))
+    image, _ = assemble(source, symbols(tile_data, tiles), ROM_SIZE)
+    rom = bytearray(image)
     rom[0x104:0x134] = NINTENDO_LOGO
     rom[0x134:0x144] = TITLE.ljust(16, b"\0")  # $0143 = 0: a plain Game Boy cartridge
     rom[0x144:0x146] = b"00"  # new licensee code: none
@@ -2265,8 +2260,8 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "standin.gb"
     rom = build()
     out.write_bytes(rom)
-    used = max(assemble.labels.values())
-    print(f"wrote {out} ({len(rom)} bytes; program and data end near ${used:04X})", file=sys.stderr)
+    used = len(rom.rstrip(b"\0"))
+    print(f"wrote {out}: {len(rom)} bytes, {used} in use", file=sys.stderr)
 
 
 if __name__ == "__main__":

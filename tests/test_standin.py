@@ -61,6 +61,35 @@ def test_build_reproduces_the_committed_rom_with_a_valid_header(standin_rom):
     assert (rom[0x14E] << 8 | rom[0x14F]) == (sum(rom) - rom[0x14E] - rom[0x14F]) & 0xFFFF
 
 
+def test_assembler_encodes_instructions_labels_and_data():
+    build = load_build_script()
+    source = """
+Start:
+    ld a, [hl+]
+    ld [$C000], a
+    ldh a, [$FF44]
+.loop:
+    jr nz, .loop
+    bit 7, h
+    push af
+    call Later
+    ld hl, Later + 1
+    db 1, %101, $FF
+Later:
+    ret
+"""
+    image, labels = build.assemble(source, {}, 32)
+    expected = "2A EA00C0 F044 20FE CB7C F5 CD1400 211500 0105FF C9"
+    assert image[:21] == bytes.fromhex(expected.replace(" ", ""))
+    assert labels == {"Start": 0, "Start__loop": 6, "Later": 20}
+    with pytest.raises(build.AsmError, match="bytes away"):
+        build.assemble("Start:\n    jr Far\n    ds 200\nFar:\n    ret\n", {}, 256)
+    with pytest.raises(build.AsmError, match="defined twice"):
+        build.assemble("A:\n    nop\nA:\n    nop\n", {}, 8)
+    with pytest.raises(build.AsmError, match="unknown instruction"):
+        build.assemble("    frob a\n", {}, 8)
+
+
 def test_helper_constants_match_the_build_script():
     build = load_build_script()
     assert sp.BADGE_LEVEL == build.BADGE_LEVEL
