@@ -1,0 +1,429 @@
+"""Watch, evaluate and record an agent trained by ppo_pokemon.py.
+
+    python play_pokemon.py                                   # the newest checkpoint, one headless episode
+    python play_pokemon.py --checkpoint run.pt --render      # watch it in a Game Boy window, in real time
+    python play_pokemon.py --episodes 10 --json eval.json    # evaluate; per-episode results and a summary
+    python play_pokemon.py --record agent.gif --max-steps 300
+
+The agent and the environment settings (observation shape, frame skip, rewards, ROM, start state,
+episode length) come from the checkpoint; --rom-path, --init-state and --max-steps override them.
+Actions are sampled from the policy, as in training, unless --greedy; a --seed (default 1) makes
+a run repeatable: episode i (from 0) resets the env with seed + i, and torch's sampler is seeded once.
+
+Recordings (--record x.gif or x.mp4) hold the full-resolution 160x144 screen once per agent step
+(what the agent acted on), plus the first screen of each episode: episode_length + 1 frames per
+episode, all episodes in one file. They play at 4x game speed by default (60 / frame_skip * 4 fps:
+10 fps at the default 24 frames a step) so that long episodes stay watchable; --record-fps sets it.
+A GIF shows an unchanged screen as one longer frame, so it may hold fewer frames than that, with the
+same total duration; an MP4 holds every one.
+
+--json PATH writes one object:
+    checkpoint, run_name, update, global_step    which checkpoint played
+    rom_path, rom_sha1, trained_rom_sha1         the ROM played and the ROM trained on (null if unknown)
+    env_kwargs                                   the PokemonRedEnv settings used, overrides included
+    greedy, seed, episodes_requested, interrupted, seconds
+    episodes      one object per finished episode: episode (1-based), seed, episode_return,
+                  episode_length, badges, unique_tiles, maps_visited, event_flags, level_sum,
+                  pokedex_seen, pokedex_owned, blackouts, reward_<term> (the return by reward
+                  term), action_counts ({button: times pressed})
+    summary       {metric: {mean, std, min, max}} over the episodes, for the metrics of the table
+    recording     {path, fps, frames} or null
+
+Exit status: 0 done; 2 refused (bad arguments, no or unusable checkpoint, missing ROM: one line on
+stderr, prefixed "play_pokemon.py: error:"); 130 stopped by Ctrl-C (finished episodes are still
+reported, written to --json, and the recording so far is saved).
+"""
+import glob
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+# ppo_pokemon first: it silences dependencies' import-time notices, keeping stderr for our messages.
+from ppo_pokemon import Agent, CheckpointError, load_checkpoint  # isort: skip
+
+import numpy as np
+import torch
+import tyro
+from torch.distributions.categorical import Categorical
+
+import pokemon_env
+
+
+@dataclass
+class Args:
+    checkpoint: Optional[str] = None
+    """checkpoint file, or a folder to take its newest .pt (default: the newest checkpoints/**/*.pt)"""
+    episodes: int = 1
+    """number of episodes to play"""
+    render: bool = False
+    """if toggled, show the game in a Game Boy window (headless otherwise)"""
+    speed: int = 1
+    """with --render: emulation speed as a multiple of real time; 0 = unlimited"""
+    record: Optional[str] = None
+    """write the episodes to this .gif or .mp4 file (full-resolution screen, one frame per step)"""
+    record_fps: Optional[float] = None
+    """frame rate of the recording (default: 4x game speed, 60 / frame_skip * 4)"""
+    greedy: bool = False
+    """if toggled, take the most likely action; by default sample from the policy, as in training"""
+    seed: int = 1
+    """seed of the episodes (env resets) and of the action sampling"""
+    json: Optional[str] = None
+    """write per-episode results and a summary to this JSON file"""
+    rom_path: Optional[str] = None
+    """play on this ROM (default: the checkpoint's)"""
+    init_state: Optional[str] = None
+    """start every episode from this PyBoy save state (default: the checkpoint's; None: boot the ROM)"""
+    max_steps: Optional[int] = None
+    """episode length limit in agent steps (default: the checkpoint's)"""
+    cuda: bool = False
+    """if toggled, run the network on CUDA when available (one env needs no GPU)"""
+
+
+# The per-episode metrics of the printed table and the JSON summary: (info key, label, format).
+METRICS = [
+    ("episode_return", "return", ".2f"),
+    ("episode_length", "length", "d"),
+    ("badges", "badges", "d"),
+    ("unique_tiles", "unique tiles", "d"),
+    ("maps_visited", "maps visited", "d"),
+    ("event_flags", "event flags", "d"),
+    ("level_sum", "level sum", "d"),
+]
+RECORD_SPEEDUP = 4  # recordings play at 4x game speed unless --record-fps
+GIF_MAX_FPS = 50  # GIF delays are in 1/100 s, and viewers slow down delays under 2/100 s
+PROG = "play_pokemon.py"
+
+
+class PlayError(Exception):
+    """A reason to refuse, in one line."""
+
+
+def fail(message: str):
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def warn(message: str):
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_args(args: Args) -> Optional[str]:
+    """The reason the arguments cannot work, in one line, or None."""
+    if args.episodes < 1:
+        return f"--episodes must be at least 1 (got {args.episodes})"
+    if args.speed < 0:
+        return f"--speed must be 0 (unlimited) or more (got {args.speed})"
+    if args.max_steps is not None and args.max_steps < 1:
+        return f"--max-steps must be at least 1 (got {args.max_steps})"
+    if args.record is not None:
+        extension = os.path.splitext(args.record)[1].lower()
+        if extension not in (".gif", ".mp4"):
+            return f"--record must end in .gif or .mp4 (got {args.record!r})"
+        if args.record_fps is not None and not 0 < args.record_fps <= (GIF_MAX_FPS if extension == ".gif" else 240):
+            return f"--record-fps must be in (0, {GIF_MAX_FPS}] for a GIF, (0, 240] for an MP4 (got {args.record_fps})"
+    if args.json is not None and os.path.isdir(args.json):
+        return f"--json {args.json} is a folder; give a file name"
+    return None
+
+
+def find_checkpoint(where: Optional[str]) -> str:
+    """The checkpoint to play: the given file, or the newest .pt (by modification time) under a folder."""
+    if where is not None and not os.path.isdir(where):
+        return where  # load_checkpoint says if it is missing
+    folder = where if where is not None else "checkpoints"
+    candidates = [p for p in glob.glob(os.path.join(folder, "**", "*.pt"), recursive=True) if os.path.isfile(p)]
+    if not candidates:
+        hint = "" if where is not None else " (train one with ppo_pokemon.py, or give --checkpoint PATH)"
+        raise PlayError(f"no checkpoint found: no *.pt under {folder}/{hint}")
+    return max(candidates, key=os.path.getmtime)
+
+
+def env_settings(checkpoint: dict, args: Args) -> dict:
+    """PokemonRedEnv keyword arguments: the checkpoint's, with the command line's overrides."""
+    if not isinstance(checkpoint.get("env_kwargs"), dict) or "obs_shape" not in checkpoint:
+        raise PlayError("checkpoint lacks its environment settings (env_kwargs, obs_shape)")
+    env_kwargs = dict(checkpoint["env_kwargs"])
+    if args.rom_path is not None:
+        env_kwargs["rom_path"] = args.rom_path
+    if args.init_state is not None:
+        env_kwargs["init_state"] = None if args.init_state == "None" else args.init_state
+    if args.max_steps is not None:
+        env_kwargs["max_steps"] = args.max_steps
+    rom_path = env_kwargs.get("rom_path")
+    if rom_path is None or not os.path.isfile(rom_path):
+        origin = "" if args.rom_path is not None else " (the checkpoint's ROM path; give --rom-path)"
+        raise PlayError(f"ROM not found: {rom_path}{origin}")
+    init_state = env_kwargs.get("init_state")
+    if init_state is not None and not os.path.isfile(init_state):
+        origin = "" if args.init_state is not None else " (the checkpoint's; give --init-state, or --init-state None)"
+        raise PlayError(f"init state not found: {init_state}{origin}")
+    return env_kwargs
+
+
+def make_env(env_kwargs: dict, render: bool) -> "pokemon_env.PokemonRedEnv":
+    """The env, with its warnings (an unknown ROM, say) as one-line warnings and its errors as PlayError."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pokemon_env.UnknownRomWarning)
+        try:
+            env = pokemon_env.PokemonRedEnv(**env_kwargs, render_mode="human" if render else None)
+        except (pokemon_env.RomError, pokemon_env.StateError, pokemon_env.IntroError) as e:
+            raise PlayError(str(e)) from None
+        except TypeError as e:  # a setting this pokemon_env.py does not know
+            raise PlayError(f"the checkpoint's environment settings do not fit pokemon_env.py: {e}") from None
+        except Exception as e:  # PyBoy's window, mostly
+            what = "cannot open the Game Boy window" if render else "cannot start the emulator"
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            hint = " (no display? set SDL_VIDEODRIVER, or play without --render)" if render else ""
+            raise PlayError(f"{what}: {reason}{hint}") from None
+    for warning in caught:
+        if issubclass(warning.category, pokemon_env.UnknownRomWarning):
+            warn(str(warning.message))
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return env
+
+
+def build_agent(checkpoint: dict, obs_shape: tuple, num_actions: int, device) -> Agent:
+    """The trained agent, after checking that it fits the env's observations and buttons."""
+    trained_shape = tuple(checkpoint["obs_shape"])
+    if trained_shape != obs_shape:
+        raise PlayError(f"checkpoint observations are {trained_shape}, this env gives {obs_shape}")
+    if int(checkpoint.get("num_actions", num_actions)) != num_actions:
+        raise PlayError(f"checkpoint has {checkpoint['num_actions']} actions, this env has {num_actions}")
+    agent = Agent(obs_shape, num_actions)
+    try:
+        agent.load_state_dict(checkpoint["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise PlayError(f"checkpoint does not fit the agent: {(str(e).strip().splitlines() or [''])[0][:160]}") from None
+    return agent.to(device).eval()
+
+
+def choose_action(agent: Agent, obs: np.ndarray, greedy: bool, device) -> int:
+    with torch.no_grad():
+        x = torch.as_tensor(obs, device=device)[None]
+        if not greedy:
+            action, _, _, _ = agent.get_action_and_value(x)  # sampled, exactly as in training
+            return int(action.item())
+        logits = agent.actor(agent.network(x / 255.0))  # the scaling of Agent.get_action_and_value
+        return int(Categorical(logits=logits).probs.argmax(dim=1).item())
+
+
+class Recorder:
+    """Full-resolution screens into an animated GIF (written at the end) or an MP4 (streamed)."""
+
+    def __init__(self, path: str, fps: float):
+        self.path, self.fps, self.frames = path, fps, 0
+        self.mp4 = path.lower().endswith(".mp4")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if self.mp4:
+            import imageio.v2 as imageio
+
+            # 160x144 is a multiple of 16 in both directions: ffmpeg needs no resizing.
+            self.writer = imageio.get_writer(path, fps=fps, codec="libx264", quality=8,
+                                             macro_block_size=16, ffmpeg_log_level="error")
+        else:
+            self.images = []  # palette images: 23 KB a screen
+
+    def add(self, screen: np.ndarray):
+        """screen: (144, 160, 3) uint8."""
+        if self.mp4:
+            self.writer.append_data(screen)
+        else:
+            from PIL import Image
+
+            # The Game Boy shows 4 shades: an adaptive palette holds them exactly.
+            self.images.append(Image.fromarray(screen).convert("P", palette=Image.Palette.ADAPTIVE))
+        self.frames += 1
+
+    def close(self):
+        if self.mp4:
+            self.writer.close()
+        elif self.images:
+            # Unchanged screens become one longer frame (Pillow merges them); loop forever.
+            self.images[0].save(self.path, save_all=True, append_images=self.images[1:],
+                                duration=round(1000 / self.fps), loop=0, optimize=True)
+            self.images = []
+
+
+def screen_rgb(env) -> np.ndarray:
+    """The emulator's current full screen as (144, 160, 3) uint8, whatever the render mode."""
+    return env.pyboy.screen.ndarray[:, :, :3].copy()  # PyBoy reuses its buffer: copy at once
+
+
+def play_episode(env, agent, seed: int, greedy: bool, device, recorder: Optional[Recorder]) -> dict:
+    """One episode to its end; returns the env's end-of-episode statistics plus action counts."""
+    next_obs, _ = env.reset(seed=seed)
+    if recorder is not None:
+        recorder.add(screen_rgb(env))
+    action_counts = dict.fromkeys(pokemon_env.ACTIONS, 0)
+    episode_return, episode_length = 0.0, 0
+    while True:
+        action = choose_action(agent, next_obs, greedy, device)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        action_counts[pokemon_env.ACTIONS[action]] += 1
+        episode_return += float(reward)
+        episode_length += 1
+        if recorder is not None:
+            recorder.add(screen_rgb(env))
+        if terminated or truncated:
+            break
+    result = {"episode_return": episode_return, "episode_length": episode_length}
+    for key, value in info.items():  # the env's statistics, scalars only (not the visited tiles)
+        if np.ndim(value) == 0:
+            value = value.item() if isinstance(value, np.generic) else value
+            result[key] = int(value) if isinstance(value, (bool, np.bool_)) else value
+    result["action_counts"] = action_counts
+    return result
+
+
+def episode_line(index: int, total: int, result: dict) -> str:
+    parts = [f"{label} {format(result.get(key, 0), fmt)}" for key, label, fmt in METRICS]
+    return f"episode {index}/{total}: " + " | ".join(parts)
+
+
+def summarize(results: list) -> dict:
+    summary = {}
+    for key, _, _ in METRICS:
+        values = np.array([float(r.get(key, 0)) for r in results])
+        summary[key] = {"mean": float(values.mean()), "std": float(values.std()),
+                        "min": float(values.min()), "max": float(values.max())}
+    return summary
+
+
+def summary_table(summary: dict) -> str:
+    """A Markdown table: one row per metric, mean / std / min / max over the episodes."""
+    rows = [["metric", "mean", "std", "min", "max"]]
+    for key, label, fmt in METRICS:
+        stats = summary[key]
+        if fmt == "d":  # whole numbers: whole min and max, two decimals for the mean and std
+            rows.append([label, f"{stats['mean']:.2f}", f"{stats['std']:.2f}", f"{stats['min']:.0f}", f"{stats['max']:.0f}"])
+        else:
+            rows.append([label] + [format(stats[s], fmt) for s in ("mean", "std", "min", "max")])
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        lines.append("| " + " | ".join(cells) + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    return "\n".join(lines)
+
+
+def write_json(path: str, report: dict):
+    """Atomically, so a comparison script never reads half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    with open(tmp_path, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    os.replace(tmp_path, path)
+
+
+def main(argv=None):
+    args = tyro.cli(Args, args=argv)
+    problem = check_args(args)
+    if problem:
+        fail(problem)
+    try:
+        checkpoint_path = find_checkpoint(args.checkpoint)
+        if args.checkpoint is None or os.path.isdir(args.checkpoint):
+            print(f"checkpoint: {checkpoint_path} (the newest)")
+        try:
+            checkpoint = load_checkpoint(checkpoint_path)
+        except CheckpointError as e:
+            raise PlayError(str(e)) from None
+        env_kwargs = env_settings(checkpoint, args)
+    except PlayError as e:
+        fail(str(e))
+
+    # Seeding: the env resets below take seed + episode; torch drives the action sampling.
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)  # one observation at a time: more threads only add overhead (measured 2-40x)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    recorder = None
+    try:
+        env = make_env(env_kwargs, args.render)
+        try:
+            agent = build_agent(checkpoint, tuple(env.observation_space.shape), int(env.action_space.n), device)
+        except PlayError:
+            env.close()
+            raise
+    except PlayError as e:
+        fail(str(e))
+    rom_path, rom_sha1 = env_kwargs["rom_path"], env.rom_sha1
+    trained_sha1 = checkpoint.get("rom_sha1")
+    if trained_sha1 is not None and trained_sha1 != rom_sha1:
+        trained_on = checkpoint.get("rom_name") or "another ROM"
+        warn(f"this checkpoint was trained on {trained_on} (SHA-1 {trained_sha1[:12]}), not on {rom_path} "
+             f"(SHA-1 {rom_sha1[:12]}): expect it to play poorly")
+    if args.render:
+        env.pyboy.set_emulation_speed(args.speed)
+    if args.record is not None:
+        fps = args.record_fps or min(GIF_MAX_FPS, 60 / env.frame_skip * RECORD_SPEEDUP)
+        try:
+            recorder = Recorder(args.record, fps)
+        except Exception as e:
+            env.close()
+            fail(f"cannot record to {args.record}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+
+    mode = "greedy" if args.greedy else "sampled"
+    print(f"run {checkpoint.get('run_name', '?')}, update {checkpoint.get('update', '?')}, "
+          f"{checkpoint.get('global_step', 0):,} steps trained | {env.rom_name} ({rom_path}) | "
+          f"observations {tuple(env.observation_space.shape)} | {mode} actions, seed {args.seed} | "
+          f"{args.episodes} episode{'s' if args.episodes > 1 else ''} of {env.max_steps} steps", flush=True)
+
+    results, interrupted, start = [], False, time.time()
+    try:
+        for episode in range(args.episodes):
+            seed = args.seed + episode
+            result = {"episode": episode + 1, "seed": seed}
+            result.update(play_episode(env, agent, seed, args.greedy, device, recorder))
+            results.append(result)
+            print(episode_line(episode + 1, args.episodes, result), flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\nCtrl-C: stopped after {len(results)} of {args.episodes} episodes", flush=True)
+    finally:
+        env.close()
+        if recorder is not None:
+            recorder.close()
+    seconds = time.time() - start
+
+    summary = summarize(results) if results else {}
+    if results:
+        print(f"\nsummary over {len(results)} episode{'s' if len(results) > 1 else ''} "
+              f"({mode} actions, seed {args.seed}):")
+        print(summary_table(summary))
+    if recorder is not None and recorder.frames:
+        print(f"recording: {args.record} ({recorder.frames} frames at {recorder.fps:g} fps)")
+    if args.json is not None:
+        write_json(args.json, {
+            "checkpoint": checkpoint_path,
+            "run_name": checkpoint.get("run_name"),
+            "update": checkpoint.get("update"),
+            "global_step": checkpoint.get("global_step"),
+            "rom_path": rom_path,
+            "rom_sha1": rom_sha1,
+            "trained_rom_sha1": trained_sha1,
+            "env_kwargs": env_kwargs,
+            "greedy": args.greedy,
+            "seed": args.seed,
+            "episodes_requested": args.episodes,
+            "interrupted": interrupted,
+            "seconds": round(seconds, 3),
+            "episodes": results,
+            "summary": summary,
+            "recording": None if recorder is None else
+            {"path": args.record, "fps": recorder.fps, "frames": recorder.frames},
+        })
+        print(f"results: {args.json}")
+    if interrupted:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Subprocess runs of play_pokemon.py on the stand-in cartridge, from a checkpoint of a tiny training run.
+
+The runs are independent, so each fixture starts its batch of them concurrently (the machine's
+cores are the limit) and the tests read the results.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+STANDIN_ROM = ROOT / "roms" / "standin.gb"
+PLAYER = str(ROOT / "play_pokemon.py")
+TRAINER = str(ROOT / "ppo_pokemon.py")
+# Not the defaults, so the player must take them from the checkpoint: 36x40 observations, 12
+# frames a step (a recording's default frame rate is then 60 / 12 * 4 = 20 fps, 50 ms a frame).
+OBS_SHAPE, FRAME_SKIP, FRAME_MS = (4, 36, 40), 12, 50
+TINY_TRAINING = [
+    "--rom-path", "roms/standin.gb", "--obs-height", "36", "--obs-width", "40", "--frame-skip", "12",
+    "--num-envs", "1", "--num-steps", "16", "--minibatch-size", "16", "--total-timesteps", "16",
+    "--max-steps", "16", "--update-epochs", "1", "--eval-episodes", "0", "--vec-backend", "serial",
+    "--no-cuda",
+]  # fmt: skip
+EPISODES, MAX_STEPS = 2, 12
+DOCUMENTED_KEYS = {
+    "checkpoint", "run_name", "update", "global_step", "rom_path", "rom_sha1", "trained_rom_sha1",
+    "env_kwargs", "greedy", "seed", "episodes_requested", "interrupted", "seconds", "episodes",
+    "summary", "recording",
+}  # fmt: skip
+EPISODE_KEYS = {
+    "episode", "seed", "episode_return", "episode_length", "badges", "unique_tiles", "maps_visited",
+    "event_flags", "level_sum", "pokedex_seen", "pokedex_owned", "blackouts", "reward_explore",
+    "reward_badge", "action_counts",
+}  # fmt: skip
+TABLE_METRICS = ["return", "length", "badges", "unique tiles", "maps visited", "event flags", "level sum"]
+
+
+def run_all(commands: dict) -> dict:
+    """{name: (argv, cwd, extra env)} -> {name: CompletedProcess}, run concurrently."""
+
+    def run(spec):
+        argv, cwd, extra_env = spec
+        env = {**os.environ, **extra_env}
+        return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=180)
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        futures = {name: pool.submit(run, spec) for name, spec in commands.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A folder holding roms/standin.gb (a private copy) and checkpoints/<run>/...pt from a tiny run."""
+    assert STANDIN_ROM.exists(), "roms/standin.gb is missing: run python roms/build_standin.py"
+    cwd = tmp_path_factory.mktemp("trained")
+    (cwd / "roms").mkdir()
+    shutil.copy(STANDIN_ROM, cwd / "roms" / "standin.gb")  # the checkpoint stores a relative path to it
+    result = subprocess.run([sys.executable, TRAINER, *TINY_TRAINING], cwd=cwd, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (checkpoint,) = (cwd / "checkpoints").glob("*/*.pt")
+    return cwd, checkpoint
+
+
+@pytest.fixture(scope="module")
+def played(trained, tmp_path_factory):
+    """The successful runs, played concurrently."""
+    cwd, checkpoint = trained
+    other_rom = cwd / "roms" / "standin_other.gb"
+    rom = bytearray((cwd / "roms" / "standin.gb").read_bytes())
+    rom[0x14E] ^= 0xFF  # the global checksum, which nothing checks: a valid cartridge, another SHA-1
+    other_rom.write_bytes(bytes(rom))
+    common = ["--episodes", str(EPISODES), "--max-steps", str(MAX_STEPS), "--seed", "7"]
+    results = run_all({
+        # No --checkpoint: the newest under checkpoints/.
+        "gif": ([PLAYER, *common, "--json", "gif.json", "--record", "out/agent.gif"], cwd, {}),
+        # A folder as --checkpoint: its newest .pt. The same seed as "gif".
+        "mp4": ([PLAYER, *common, "--checkpoint", "checkpoints", "--json", "mp4.json", "--record", "agent.mp4"],
+                cwd, {}),
+        "other_seed": ([PLAYER, "--episodes", "1", "--max-steps", str(MAX_STEPS), "--seed", "100",
+                        "--json", "other_seed.json"], cwd, {}),
+        "render": ([PLAYER, "--checkpoint", str(checkpoint), "--render", "--speed", "0", "--greedy",
+                    "--max-steps", "4", "--json", "render.json"], cwd, {"SDL_VIDEODRIVER": "dummy"}),
+        "real_time": ([PLAYER, "--checkpoint", str(checkpoint), "--render", "--max-steps", "3"], cwd,
+                      {"SDL_VIDEODRIVER": "dummy"}),
+        "other_rom": ([PLAYER, "--rom-path", str(other_rom), "--max-steps", "4"], cwd, {}),
+    })  # fmt: skip
+    return cwd, results
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def read_json(cwd, name):
+    return json.loads((cwd / name).read_text())
+
+
+def test_headless_episodes_print_lines_and_summary_table(played, trained):
+    cwd, results = played
+    result = results["gif"]
+    assert_ok(result)
+    assert result.stderr == ""
+    _, checkpoint = trained
+    assert f"checkpoint: {checkpoint.relative_to(cwd)} (the newest)" in result.stdout
+    for episode in range(1, EPISODES + 1):
+        assert f"episode {episode}/{EPISODES}: return " in result.stdout
+    assert f"length {MAX_STEPS} |" in result.stdout
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in table[1:]] == TABLE_METRICS
+    assert [cell.strip() for cell in table[0].split("|")[1:-1]] == ["metric", "mean", "std", "min", "max"]
+
+
+def test_json_holds_the_documented_keys(played):
+    cwd, results = played
+    assert_ok(results["gif"])
+    report = read_json(cwd, "gif.json")
+    assert DOCUMENTED_KEYS <= set(report)
+    assert len(report["episodes"]) == EPISODES and report["episodes_requested"] == EPISODES
+    for number, episode in enumerate(report["episodes"], start=1):
+        assert EPISODE_KEYS <= set(episode), EPISODE_KEYS - set(episode)
+        assert episode["episode"] == number and episode["seed"] == 7 + number - 1
+        assert episode["episode_length"] == MAX_STEPS
+        assert sum(episode["action_counts"].values()) == MAX_STEPS
+    for key in ("episode_return", "episode_length", "badges", "unique_tiles", "maps_visited",
+                "event_flags", "level_sum"):
+        assert set(report["summary"][key]) == {"mean", "std", "min", "max"}
+    assert report["summary"]["episode_length"]["mean"] == MAX_STEPS
+    # The settings came from the checkpoint, with --max-steps overriding.
+    assert report["env_kwargs"]["frame_skip"] == FRAME_SKIP
+    assert (report["env_kwargs"]["obs_height"], report["env_kwargs"]["obs_width"]) == OBS_SHAPE[1:]
+    assert report["env_kwargs"]["max_steps"] == MAX_STEPS
+    assert report["rom_sha1"] == report["trained_rom_sha1"]
+    assert report["greedy"] is False and report["interrupted"] is False
+    assert report["recording"] == {"path": "out/agent.gif", "fps": 1000 / FRAME_MS, "frames": EPISODES * (MAX_STEPS + 1)}
+
+
+def test_gif_has_every_step_at_full_resolution(played):
+    cwd, results = played
+    assert_ok(results["gif"])
+    expected_frames = EPISODES * (MAX_STEPS + 1)  # each episode's first screen, then one per step
+    with Image.open(cwd / "out" / "agent.gif") as gif:
+        assert gif.size == (160, 144)
+        durations = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            durations.append(gif.info["duration"])
+    # Pillow stores an unchanged screen as one longer frame: count the frames by their duration.
+    assert 1 < len(durations) <= expected_frames
+    assert all(duration % FRAME_MS == 0 for duration in durations)
+    assert sum(durations) == expected_frames * FRAME_MS
+    assert (cwd / "out" / "agent.gif").stat().st_size < 200_000
+
+
+def test_mp4_has_every_step_at_full_resolution(played):
+    import imageio.v2 as imageio
+
+    cwd, results = played
+    assert_ok(results["mp4"])
+    reader = imageio.get_reader(str(cwd / "agent.mp4"))
+    try:
+        assert reader.count_frames() == EPISODES * (MAX_STEPS + 1)
+        assert reader.get_meta_data()["fps"] == 1000 / FRAME_MS
+        assert reader.get_data(0).shape == (144, 160, 3)
+    finally:
+        reader.close()
+
+
+def test_same_seed_same_episodes(played):
+    cwd, results = played
+    for name in ("gif", "mp4", "other_seed"):
+        assert_ok(results[name])
+    first, second = read_json(cwd, "gif.json"), read_json(cwd, "mp4.json")
+    assert first["checkpoint"] == second["checkpoint"]
+    assert first["episodes"] == second["episodes"]  # everything, action counts included
+    other = read_json(cwd, "other_seed.json")["episodes"][0]
+    assert other["action_counts"] != first["episodes"][0]["action_counts"]
+
+
+def test_render_in_a_window(played):
+    _, results = played
+    result = results["render"]
+    assert_ok(result)
+    assert "greedy actions" in result.stdout and "episode 1/1: " in result.stdout
+    assert result.stderr == ""
+    assert_ok(results["real_time"])
+    assert "length 3 |" in results["real_time"].stdout
+
+
+def test_other_rom_warns_in_one_line(played):
+    _, results = played
+    result = results["other_rom"]
+    assert_ok(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("play_pokemon.py: warning: ")
+    assert "trained on standin.gb" in lines[0] and "standin_other.gb" in lines[0]
+    assert "episode 1/1: " in result.stdout
+
+
+# ----- refusals: one line on stderr, exit status 2 -----
+
+
+@pytest.fixture(scope="module")
+def refused(trained, tmp_path_factory):
+    cwd, checkpoint = trained
+    bad = tmp_path_factory.mktemp("bad")
+    (bad / "empty").mkdir()
+    (bad / "notes.txt").write_text("not a checkpoint\n")
+    data = checkpoint.read_bytes()
+    (bad / "truncated.pt").write_bytes(data[: len(data) // 2])
+    saved = torch.load(checkpoint, weights_only=True)
+    torch.save(saved["model"], bad / "weights_only.pt")  # a bare state_dict: a common mistake
+    # The env now gives 84x40 observations; the agent was trained on 36x40.
+    mismatch = {**saved, "env_kwargs": {**saved["env_kwargs"], "rom_path": str(cwd / "roms" / "standin.gb"),
+                                        "obs_height": 84}}
+    torch.save(mismatch, bad / "mismatch.pt")
+    cases = {
+        "no_checkpoint": ([], bad / "empty"),
+        "missing_file": (["--checkpoint", "nowhere.pt"], cwd),
+        "text_file": (["--checkpoint", str(bad / "notes.txt")], cwd),
+        "truncated": (["--checkpoint", str(bad / "truncated.pt")], cwd),
+        "not_a_checkpoint": (["--checkpoint", str(bad / "weights_only.pt")], cwd),
+        "obs_mismatch": (["--checkpoint", str(bad / "mismatch.pt")], cwd),
+        "missing_rom": (["--checkpoint", str(checkpoint), "--rom-path", "roms/nowhere.gb"], cwd),
+        "checkpoints_rom_missing": (["--checkpoint", str(checkpoint)], bad / "empty"),  # a relative path
+        "not_a_rom": (["--checkpoint", str(checkpoint), "--rom-path", str(bad / "notes.txt")], cwd),
+        "zero_episodes": (["--episodes", "0"], cwd),
+        "record_extension": (["--record", "agent.avi"], cwd),
+    }
+    return run_all({name: ([PLAYER, *argv], where, {}) for name, (argv, where) in cases.items()})
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_checkpoint", "no checkpoint found"),
+    ("missing_file", "checkpoint not found: nowhere.pt"),
+    ("text_file", "corrupt or not one"),
+    ("truncated", "corrupt or not one"),
+    ("not_a_checkpoint", "is not a checkpoint written by ppo_pokemon.py"),
+    ("obs_mismatch", "checkpoint observations are (4, 36, 40), this env gives (4, 84, 40)"),
+    ("missing_rom", "ROM not found: roms/nowhere.gb"),
+    ("checkpoints_rom_missing", "ROM not found: roms/standin.gb (the checkpoint's ROM path; give --rom-path)"),
+    ("not_a_rom", "is not a Game Boy ROM"),
+    ("zero_episodes", "--episodes must be at least 1"),
+    ("record_extension", "--record must end in .gif or .mp4"),
+])  # fmt: skip
+def test_refuses_in_one_line(refused, case, message):
+    result = refused[case]
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("play_pokemon.py: error: "), result.stderr
+    assert message in lines[0]
