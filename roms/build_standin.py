@@ -509,11 +509,11 @@ RAM = {
     # Hardware registers.
     "rP1": 0xFF00, "rIF": 0xFF0F, "rLCDC": 0xFF40, "rSCY": 0xFF42, "rSCX": 0xFF43, "rLY": 0xFF44,
     "rBGP": 0xFF47, "rOBP0": 0xFF48, "rOBP1": 0xFF49, "rWY": 0xFF4A, "rWX": 0xFF4B, "rIE": 0xFFFF,
-    # Pokemon Red's addresses, with the same meaning.
+    # Pokemon Red's addresses, with the same meaning. The predicate's other bytes (wStatusFlags5
+    # D730, wMovementFlags D736, CD38, CC57) are never written: they stay 0 from the RAM clear.
     "hWY": 0xFFB0, "hJoyPressed": 0xFFB3, "hJoyHeld": 0xFFB4, "hFrameCounter": 0xFFD5,
     "wOAMBuffer": 0xC300, "wTileMap": 0xC3A0, "wFacing": 0xC109,
     "wCurrentMenuItem": 0xCC26, "wMaxMenuItem": 0xCC28, "wMenuWatchedKeys": 0xCC29,
-    "wNPCMovementScriptPointerTableNum": 0xCC57, "wSimulatedJoypadStatesIndex": 0xCD38,
     "wJoyIgnore": 0xCD6B, "wFontLoaded": 0xCFC4, "wWalkCounter": 0xCFC5,
     "wIsInBattle": 0xD057, "wCurOpponent": 0xD059, "wPlayerName": 0xD158,
     "wPartyCount": 0xD163, "wPartySpecies": 0xD164, "wPartyMon1": 0xD16B, "wPartyMon1HP": 0xD16C,
@@ -521,7 +521,7 @@ RAM = {
     "wPokedexOwned": 0xD2F7, "wPokedexSeen": 0xD30A, "wRivalName": 0xD34A,
     "wObtainedBadges": 0xD356, "wCurMap": 0xD35E, "wYCoord": 0xD361, "wXCoord": 0xD362,
     "wLastMap": 0xD365, "wCurMapHeight": 0xD368, "wCurMapWidth": 0xD369,
-    "wStatusFlags5": 0xD730, "wMovementFlags": 0xD736, "wEventFlags": 0xD747,
+    "wEventFlags": 0xD747,
     # Our own: the VBlank handshake and the joypad latch in HRAM, the rest in WRAM $C200-.
     "hVBlankFlag": 0xFF91, "hJoyLatch": 0xFF92,
     "wPixelX": 0xC200, "wPixelY": 0xC201, "wMapW": 0xC202, "wMapH": 0xC203,

@@ -8,8 +8,6 @@ import pytest
 import standin_play as sp
 from standin_play import BUTTONS, in_control, new_pyboy, play, position, press
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
 
 def load_build_script():
     spec = importlib.util.spec_from_file_location("build_standin", sp.ROM.parent / "build_standin.py")
@@ -264,7 +262,7 @@ def test_grass_battle_blocks_movement_and_winning_raises_the_level(started):
 def test_hp_runs_out_in_a_blackout_and_the_bed_heals(started):
     m = started.memory
     play(started, sp.GRASS_ROUTE)
-    blackout_seen = healed = False
+    blackout_seen = False
     for _ in range(400):  # fight everything, never heal
         if m[sp.IS_IN_BATTLE] == 0xFF:
             blackout_seen = sp.hp(started) == 0
@@ -287,8 +285,7 @@ def test_hp_runs_out_in_a_blackout_and_the_bed_heals(started):
     for button in sp.GRASS_TO_BED:
         settle(started)
         press(started, button, render=False)
-    healed = sp.hp(started) == sp.max_hp(started) and position(started) == sp.HEAL
-    assert healed
+    assert position(started) == sp.HEAL and sp.hp(started) == sp.max_hp(started)
 
 
 def test_leader_refuses_below_the_level_threshold(started):
