@@ -130,8 +130,10 @@ def test_same_species_swap_and_garbage_party_earn_nothing(env):
         assert step_rewards(env)[0] == 0
         write_party(env, [(0x99, 5, 20, 20), (0x99, 9, 30, 30)])
         assert step_rewards(env)[0] == 0
-    env.pyboy.memory[PARTY_COUNT] = 0xFF  # garbage, as during the intro
-    assert step_rewards(env)[0] == 0
+    for garbage_count in [0xFF, 7]:  # as during the intro
+        env.pyboy.memory[PARTY_COUNT] = garbage_count
+        assert step_rewards(env)[0] == 0
+        assert env.party[1] == (5, 9)  # the last valid party stands
     write_party(env, [(0x99, 5, 20, 20), (0x99, 9, 30, 30)])
     assert step_rewards(env)[0] == 0
     assert env.reward_totals["level"] == 0
@@ -162,6 +164,8 @@ def test_blackout_penalty_and_no_heal_for_the_revival(env):
     write_party(env, [(0x99, 10, 0, 40), (0x24, 10, 0, 30)])
     assert step_rewards(env)[0] == pytest.approx(-0.08)
     assert step_rewards(env)[0] == 0  # still wiped out: counted once
+    env.pyboy.memory[PARTY_MONS + 0x04] = 0x08  # the party changes (poisoned) but stays wiped out
+    assert step_rewards(env)[0] == 0
     write_party(env, [(0x99, 10, 40, 40), (0x24, 10, 30, 30)])  # warped and healed
     assert step_rewards(env)[0] == 0
     assert env.blackouts == 1 and env.reward_totals["blackout"] == pytest.approx(-0.08)
