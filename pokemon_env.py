@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import gymnasium
 import numpy as np
+import pufferlib.emulation
 from pyboy import PyBoy
 from pyboy.plugins.game_wrapper_pokemon_gen1_constants import (
     CURRENT_OPPONENT_ADDRESS,
@@ -49,11 +50,12 @@ MON_HP, MON_LEVEL, MON_MAX_HP = 0x01, 0x21, 0x22  # offsets inside a 44-byte par
 NUM_MAPS, MAX_LEVEL = 0xF8, 100
 
 # Intro signals, read off the screen's tile map and the menu variables.
-MAIN_MENU_TILE, MENU_WATCHED_KEYS, MAIN_MENU_KEYS = 0xC3CA, 0xCC29, 0x0B
+MAIN_MENU_TILE, MAIN_MENU_LETTER = 0xC3CA, 0x8D  # tile (2, 2): "N" of NEW GAME
 NAME_LIST_TILES, NAME_LIST_TEXT = 0xC3A3, [0x8D, 0x80, 0x8C, 0x84]  # "NAME" of NEW NAME
+MENU_WATCHED_KEYS, MAIN_MENU_KEYS, NAME_LIST_KEYS = 0xCC29, 0x0B, 0x01
 CURRENT_MENU_ITEM, MAX_MENU_ITEM = 0xCC26, 0xCC28
-TEXT_PROMPT_TILE, TEXT_PROMPT_ARROW = 0xC4F2, 0xEE
-INTRO_FRAME_BUDGET = 30_000  # the real intro needs about a third of this
+TEXT_PROMPT_TILE, TEXT_PROMPT_ARROW = 0xC4F2, 0xEE  # tile (18, 16): the arrow of a waiting text
+INTRO_FRAME_BUDGET = 30_000  # about 8 minutes of game time: a generous ceiling
 HOLD_FRAMES = 8  # a press held this long is never lost; the rest of the step is released
 MAX_IDLE_FRAMES = 16  # reset() waits 1..16 frames, chosen by the seed
 
@@ -114,7 +116,7 @@ def player_in_control(memory) -> bool:
         and memory[0xCD6B] == 0  # wJoyIgnore
         and memory[0xD730] & 0xA1 == 0  # wStatusFlags5: scripted NPC, joypad off, simulated
         and memory[0xCFC4] & 0x01 == 0  # wFontLoaded: text box or start menu open
-        and memory[0xFFB0] != 0  # hWY: a window covers the screen
+        and memory[0xFFB0] != 0  # hWY: 0 while a text box or menu window covers the screen
         and memory[0xCD38] == 0  # wSimulatedJoypadStatesIndex
         and memory[0xCC57] == 0  # wNPCMovementScriptPointerTableNum
         and memory[0xCFC5] == 0  # wWalkCounter: mid-step
@@ -143,10 +145,15 @@ def drive_intro(pyboy: PyBoy, frame_budget: int = INTRO_FRAME_BUDGET) -> int:
     while frames < frame_budget:
         if name_list_seen and player_in_control(memory):
             return frames
-        if memory[NAME_LIST_TILES : NAME_LIST_TILES + 4] == NAME_LIST_TEXT and memory[MAX_MENU_ITEM] == 3:
+        watched_keys = memory[MENU_WATCHED_KEYS]
+        if (
+            memory[NAME_LIST_TILES : NAME_LIST_TILES + 4] == NAME_LIST_TEXT
+            and memory[MAX_MENU_ITEM] == 3
+            and watched_keys == NAME_LIST_KEYS
+        ):
             name_list_seen = True
             press("down" if memory[CURRENT_MENU_ITEM] == 0 else "a")  # item 0 is NEW NAME
-        elif memory[MAIN_MENU_TILE] == 0x8D and memory[MENU_WATCHED_KEYS] == MAIN_MENU_KEYS:
+        elif memory[MAIN_MENU_TILE] == MAIN_MENU_LETTER and watched_keys == MAIN_MENU_KEYS:
             main_menu_seen = True
             press("a")
         elif memory[TEXT_PROMPT_TILE] == TEXT_PROMPT_ARROW:
@@ -172,7 +179,13 @@ _booted_start_states: dict[str, bytes] = {}
 
 
 class PokemonRedEnv(gymnasium.Env):
-    """Pokemon Red on PyBoy: 8 buttons, stacked downscaled screens, rewards read from RAM."""
+    """Pokemon Red on PyBoy: 8 buttons, stacked downscaled screens, rewards read from RAM.
+
+    Observations are (frame_stack, obs_height, obs_width) uint8, the newest frame last; with
+    grayscale=False, (frame_stack * 3, obs_height, obs_width): each frame's R, G, B planes in turn.
+    The env never terminates; `max_steps` truncates. `info` is {} on every step but the last of an
+    episode, which carries the episode's statistics (see `_episode_info`).
+    """
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 60}
 
@@ -244,6 +257,11 @@ class PokemonRedEnv(gymnasium.Env):
     # ----- Gymnasium API -----
 
     def reset(self, *, seed=None, options=None):
+        """Restore the start state, then wait 1 to 16 idle frames drawn from the env's RNG.
+
+        The same seed gives the same wait, hence the same episode for the same actions; different
+        seeds start the game's own RNG differently. seed=None continues the env's RNG.
+        """
         super().reset(seed=seed)
         self.pyboy.load_state(io.BytesIO(self.start_state))
         # A seeded handful of idle frames: parallel envs start out of lockstep, with different RNG.
@@ -447,6 +465,11 @@ class PokemonRedEnv(gymnasium.Env):
         return new_levels, healed
 
     def _episode_info(self) -> dict:
+        """The finished episode's statistics: flat scalars, plus `visited_tiles` for the heatmap.
+
+        badges, level_sum and the Pokedex counts are the game's totals at the end; event_flags
+        counts the flags set during the episode; reward_<term> is each term's episode total.
+        """
         visited = np.fromiter(self.visited_tiles, np.int32, len(self.visited_tiles))
         visited.sort()
         info = {
@@ -468,6 +491,4 @@ class PokemonRedEnv(gymnasium.Env):
 
 def make_env(**env_kwargs):
     """PufferLib creator: `pufferlib.vector.make(make_env, env_kwargs=..., backend=...)`."""
-    import pufferlib.emulation  # here, so the environment itself does not need PufferLib
-
     return pufferlib.emulation.GymnasiumPufferEnv(env=PokemonRedEnv(**env_kwargs))
