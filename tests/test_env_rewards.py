@@ -1,10 +1,12 @@
 """Each reward term fires when its game state changes, once, and not otherwise.
 
-States the stand-in reaches only slowly (badges, Pokedex, party changes, blackouts) are written
-into the emulator's RAM between steps, exactly where the real game keeps them.
+Most cases write the state into the emulator's RAM between steps, where the real game keeps it,
+to reach states the stand-in cannot (a party joining, swapping, evolving; garbage RAM). The last
+tests play the stand-in itself: its wild battles, its bed, its gym leader, a blackout.
 """
 import pytest
 
+import standin_play
 from pokemon_env import ACTIONS, EVENT_FLAGS_ADDRESS, IS_IN_BATTLE, OBTAINED_BADGES_ADDRESS, POKEDEX_OWNED, POKEDEX_SEEN
 
 B = ACTIONS.index("b")  # does nothing while the player walks the overworld
@@ -23,6 +25,11 @@ def write_party(env, mons):
         memory[mon + 0x21] = level
         memory[mon + 0x22], memory[mon + 0x23] = max_hp >> 8, max_hp & 0xFF
     memory[PARTY_SPECIES + len(mons)] = 0xFF
+
+
+def position(env):
+    memory = env.pyboy.memory
+    return memory[0xD35E], memory[0xD362], memory[0xD361]
 
 
 def step_rewards(env, action=B):
@@ -176,3 +183,47 @@ def test_zero_weight_disables_a_term(standin_env):
     env.reset(seed=0)
     env.pyboy.memory[OBTAINED_BADGES_ADDRESS] |= 0b1
     assert step_rewards(env)[0] == 0
+
+
+# ----- Played on the stand-in: its wild battles, its bed, its gym leader -----
+
+
+def play(env, buttons):
+    return [env.step(ACTIONS.index(button)) for button in buttons]
+
+
+def test_badge_route_pays_each_term_for_what_happened(standin_env):
+    env = standin_env(max_steps=len(standin_play.BADGE_ROUTE))
+    env.reset(seed=0)
+    seen_at_start = sum(bin(b).count("1") for b in env.pyboy.memory[POKEDEX_SEEN : POKEDEX_SEEN + 19])
+    owned_at_start = sum(bin(b).count("1") for b in env.pyboy.memory[POKEDEX_OWNED : POKEDEX_OWNED + 19])
+    level_at_start = sum(env.party[1])
+    results = play(env, standin_play.BADGE_ROUTE)
+    rewards = [reward for _, reward, _, _, _ in results]
+    info = results[-1][4]
+
+    assert info["badges"] == 1 and info["reward_badge"] == pytest.approx(4.0)
+    assert sum(r >= 4.0 for r in rewards) == 1  # paid once, when the leader was beaten
+    assert info["level_sum"] == 17 and info["reward_level"] == pytest.approx(0.01 * (17 - level_at_start))
+    assert info["pokedex_seen"] > seen_at_start and info["pokedex_owned"] > owned_at_start
+    assert info["reward_seen"] == pytest.approx(1.6 * (info["pokedex_seen"] - seen_at_start))
+    assert info["reward_owned"] == pytest.approx(1.6 * (info["pokedex_owned"] - owned_at_start))
+    assert info["event_flags"] == 1 and info["reward_event"] == pytest.approx(1.6)  # BEAT_BROCK
+    assert info["reward_heal"] > 0  # rested in bed after battles
+    assert info["blackouts"] == 0 and info["reward_blackout"] == 0
+    assert info["maps_visited"] == 4 and info["reward_explore"] == pytest.approx(0.01 * (info["unique_tiles"] - 1))
+    assert info["episode_return"] == pytest.approx(sum(rewards))
+
+
+def test_blackout_in_battle_is_penalised_once_and_the_revival_is_not_healing(standin_env):
+    env = standin_env(max_steps=1000)
+    env.reset(seed=0)
+    play(env, standin_play.GRASS_ROUTE)
+    for _ in range(40):  # battle in the grass without resting until the party is wiped out
+        play(env, ["up", "a", "a", "a", "a", "down", "a", "a", "a", "a"])
+        if env.blackouts:
+            break
+    play(env, ["b"] * 8)  # the blackout text, the warp home
+    assert env.blackouts == 1
+    assert env.reward_totals["blackout"] == pytest.approx(-0.08) and env.reward_totals["heal"] == 0
+    assert position(env) == standin_play.START and env.party[2] == env.party[3]  # home, full HP
