@@ -1,0 +1,135 @@
+"""Does the trainer learn? PPO at its default settings against a random policy, on the stand-in.
+
+    python benchmarks/learning.py                       # 3 seeds x 300,000 steps: about an hour on 2 cores
+    python benchmarks/learning.py --total-timesteps 20000 --seeds 1   # a quick look
+
+Trains one run per seed (two at a time by default, one torch thread each), then plays each final
+checkpoint with play_pokemon.py (sampled actions, as in training) and a uniformly random policy
+for the same number of episodes of the same length. Prints a Markdown table, writes JSON. The
+target: the trained agents' mean return is at least 3x the random policy's.
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
+warnings.filterwarnings("ignore", message="Using SDL2 binaries")
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import pokemon_env  # noqa: E402
+
+ROM = os.path.join(ROOT, "roms", "standin.gb")
+METRICS = ["episode_return", "badges", "level_sum", "unique_tiles", "event_flags", "pokedex_owned"]
+
+
+def train(seeds, total_timesteps: int, parallel: int, workdir: str) -> dict:
+    """Run ppo_pokemon.py once per seed, `parallel` at a time; return {seed: final checkpoint}."""
+    running, checkpoints = [], {}
+    for seed in seeds:
+        command = [sys.executable, os.path.join(ROOT, "ppo_pokemon.py"), "--rom-path", ROM, "--seed", str(seed),
+                   "--total-timesteps", str(total_timesteps), "--exp-name", "learning", "--torch-threads", "1"]
+        log = open(os.path.join(workdir, f"train_seed{seed}.log"), "w")
+        running.append((seed, subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT), log))
+        if len(running) >= parallel or seed == seeds[-1]:
+            for done_seed, process, done_log in running:
+                if process.wait() != 0:
+                    sys.exit(f"training seed {done_seed} failed: see {done_log.name}")
+                done_log.close()
+            running = []
+    for seed in seeds:
+        runs = sorted(glob.glob(os.path.join(workdir, "checkpoints", f"standin__learning__{seed}__*")))
+        checkpoints[seed] = sorted(glob.glob(os.path.join(runs[-1], "checkpoint_update*.pt")))[-1]
+    return checkpoints
+
+
+def best_badges_in_training(workdir: str, seed: int) -> float:
+    """The trainer's progress line ends with the most badges any training episode reached."""
+    with open(os.path.join(workdir, f"train_seed{seed}.log")) as f:
+        lines = [line for line in f.read().replace("\r", "\n").splitlines() if "best badges" in line]
+    return float(lines[-1].rsplit("best badges", 1)[1]) if lines else 0.0
+
+
+def play_checkpoint(checkpoint: str, episodes: int, seed: int, max_steps: int, workdir: str) -> list:
+    """The trained agent's episodes, through play_pokemon.py --json."""
+    out = os.path.join(workdir, f"play_seed{seed}.json")
+    subprocess.run([sys.executable, os.path.join(ROOT, "play_pokemon.py"), "--checkpoint", checkpoint,
+                    "--episodes", str(episodes), "--seed", str(seed), "--max-steps", str(max_steps),
+                    "--json", out], cwd=workdir, check=True, capture_output=True)
+    with open(out) as f:
+        return json.load(f)["episodes"]
+
+
+def play_random(episodes: int, seed: int, max_steps: int) -> list:
+    """A uniformly random policy's episodes in the same environment."""
+    env = pokemon_env.PokemonRedEnv(rom_path=ROM, max_steps=max_steps)
+    rng = np.random.default_rng(seed)
+    results = []
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        truncated, info = False, {}
+        while not truncated:
+            _, _, _, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+        results.append({key: info[key] for key in METRICS})
+    env.close()
+    return results
+
+
+def mean(episodes: list, key: str) -> float:
+    return float(np.mean([episode[key] for episode in episodes]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--total-timesteps", type=int, default=300_000)
+    parser.add_argument("--parallel", type=int, default=2, help="training runs at a time")
+    parser.add_argument("--episodes", type=int, default=5, help="evaluation episodes per seed and policy")
+    parser.add_argument("--max-steps", type=int, default=4096, help="evaluation episode length (training default)")
+    parser.add_argument("--workdir", default=os.path.join(ROOT, "benchmarks", "results", "learning"))
+    options = parser.parse_args()
+    os.makedirs(options.workdir, exist_ok=True)
+
+    checkpoints = train(options.seeds, options.total_timesteps, options.parallel, options.workdir)
+    rows, results = [], {"command": " ".join(["python benchmarks/learning.py"] + sys.argv[1:]), "seeds": {}}
+    for seed in options.seeds:
+        trained = play_checkpoint(checkpoints[seed], options.episodes, seed, options.max_steps, options.workdir)
+        random_policy = play_random(options.episodes, seed, options.max_steps)
+        results["seeds"][seed] = {"checkpoint": os.path.relpath(checkpoints[seed], options.workdir),
+                                  "best_badges_in_training": best_badges_in_training(options.workdir, seed),
+                                  "trained": trained, "random": random_policy}
+        for name, episodes in (("PPO", trained), ("random", random_policy)):
+            badge_episodes = sum(episode["badges"] > 0 for episode in episodes)
+            rows.append([seed, name] + [f"{mean(episodes, key):.2f}" for key in METRICS]
+                        + [f"{badge_episodes}/{len(episodes)}"])
+
+    trained_return = np.mean([mean(s["trained"], "episode_return") for s in results["seeds"].values()])
+    random_return = np.mean([mean(s["random"], "episode_return") for s in results["seeds"].values()])
+    seeds_with_badge = sum(any(e["badges"] > 0 for e in s["trained"]) for s in results["seeds"].values())
+    seeds_with_badge_in_training = sum(s["best_badges_in_training"] > 0 for s in results["seeds"].values())
+    results.update(trained_return=trained_return, random_return=random_return,
+                   ratio=trained_return / max(random_return, 1e-9), seeds_with_badge=seeds_with_badge,
+                   seeds_with_badge_in_training=seeds_with_badge_in_training)
+    with open(os.path.join(options.workdir, "learning.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+    print(f"`{results['command']}`: {options.episodes} evaluation episodes of {options.max_steps} steps "
+          f"per seed and policy\n")
+    print("| seed | policy | " + " | ".join(METRICS) + " | episodes with badge |")
+    print("|" + "---|" * (len(METRICS) + 3))
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    print(f"\nmean return: PPO {trained_return:.2f}, random {random_return:.2f}, ratio "
+          f"{results['ratio']:.1f}x (target >= 3x); seeds whose agent got the badge: "
+          f"{seeds_with_badge}/{len(options.seeds)} in evaluation, {seeds_with_badge_in_training}/{len(options.seeds)} "
+          f"in some training episode")
+
+
+if __name__ == "__main__":
+    main()

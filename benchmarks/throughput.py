@@ -1,0 +1,270 @@
+"""Throughput, memory and the cost of each stage, measured in one run on the stand-in cartridge.
+
+    python benchmarks/throughput.py            # about 5 minutes on 2 cores
+    python benchmarks/throughput.py --quick    # about 2 minutes
+
+Prints Markdown tables (paste them into benchmarks/README.md) and writes the figures as JSON.
+Stages: (1) the emulator alone, (2) one environment, (3) vectorised collection per backend,
+(4) the PPO update against a bare training loop of the same network, (5) the whole trainer,
+(6) resident memory. Ratios within one run are what to compare across machines.
+"""
+import argparse
+import glob
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from importlib.metadata import version
+
+warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
+warnings.filterwarnings("ignore", message="Using SDL2 binaries")
+
+import numpy as np
+import psutil
+import pufferlib
+import pufferlib.vector
+import torch
+from pyboy import PyBoy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import pokemon_env  # noqa: E402
+import ppo_pokemon  # noqa: E402
+
+ROM = os.path.join(ROOT, "roms", "standin.gb")
+BACKENDS = {"serial": pufferlib.vector.Serial, "multiprocessing": pufferlib.vector.Multiprocessing}
+
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "python": platform.python_version(),
+        **{package: version(package) for package in ("pyboy", "pufferlib", "torch", "numpy", "gymnasium")},
+    }
+
+
+def emulator_steps_per_second(start_state: bytes, steps: int, frame_skip: int = 24) -> float:
+    """(1) One PyBoy, the env's button pattern and one rendered frame per step, nothing else."""
+    emulator = PyBoy(ROM, window="null", sound_emulated=False, cgb=False, log_level="ERROR")
+    emulator.set_emulation_speed(0)
+    emulator.load_state(io.BytesIO(start_state))
+    buttons = np.random.default_rng(0).integers(len(pokemon_env.ACTIONS), size=steps)
+    start = time.perf_counter()
+    for button in buttons:
+        emulator.button(pokemon_env.ACTIONS[button], pokemon_env.HOLD_FRAMES)
+        emulator.tick(frame_skip, True)
+    seconds = time.perf_counter() - start
+    emulator.stop(save=False)
+    return steps / seconds
+
+
+def env_steps_per_second(env, steps: int) -> float:
+    """(2) One PokemonRedEnv: the emulator plus observations, rewards and bookkeeping."""
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(env.action_space.n, size=steps)
+    start = time.perf_counter()
+    for action in actions:
+        env.step(action)
+    return steps / (time.perf_counter() - start)
+
+
+def vector_steps_per_second(backend: str, num_envs: int, num_workers, steps: int, agent=None) -> dict:
+    """(3) Collection through pufferlib.vector, with random actions or the policy in the loop."""
+    kwargs = {"num_workers": num_workers} if backend == "multiprocessing" else {}
+    envs = pufferlib.vector.make(pokemon_env.make_env, env_kwargs={"rom_path": ROM},
+                                 backend=BACKENDS[backend], num_envs=num_envs, **kwargs)
+    obs, _ = envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    stored = np.zeros((steps, *obs.shape), np.uint8)  # the trainer copies observations out too
+    start = time.perf_counter()
+    for step in range(steps):
+        stored[step] = obs
+        if agent is None:
+            actions = rng.integers(8, size=num_envs)
+        else:
+            with torch.no_grad():
+                actions = agent.get_action_and_value(torch.as_tensor(obs))[0].numpy()
+        obs, *_ = envs.step(actions)
+    seconds = time.perf_counter() - start
+    # USS: the memory a worker holds on its own, not the pages it shares with its forked parent.
+    workers = [p.memory_full_info() for p in psutil.Process().children()]
+    envs.close()
+    return {"steps_per_second": steps * num_envs / seconds,
+            "worker_rss_mb": [w.rss / 2**20 for w in workers], "worker_uss_mb": [w.uss / 2**20 for w in workers]}
+
+
+def learner_samples_per_second(batch_size: int, minibatch_size: int, epochs: int, ppo: bool) -> float:
+    """(4) The trainer's PPO update (its loss function, clipping and all) or a bare training loop.
+
+    Both run the same network on the same minibatches; the bare loop's loss is a plain mean of
+    the outputs, so the difference is what PPO adds on top of forward, backward and step.
+    """
+    torch.manual_seed(0)
+    agent = ppo_pokemon.Agent((4, 84, 84))
+    optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5)
+    b_obs = torch.randint(0, 256, (batch_size, 4, 84, 84), dtype=torch.uint8)
+    b_actions = torch.randint(0, 8, (batch_size,))
+    b_logprobs = torch.full((batch_size,), -np.log(8.0))
+    b_advantages, b_returns, b_values = torch.randn(batch_size), torch.randn(batch_size), torch.randn(batch_size)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for mb_inds in np.array_split(np.random.permutation(batch_size), batch_size // minibatch_size):
+            if ppo:
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                pg_loss, v_loss, entropy_loss, *_ = ppo_pokemon.ppo_loss(
+                    newlogprob, entropy, newvalue, b_logprobs[mb_inds], b_advantages[mb_inds],
+                    b_returns[mb_inds], b_values[mb_inds], 0.2, True, True)
+                loss = pg_loss - 0.01 * entropy_loss + 0.5 * v_loss
+            else:
+                hidden = agent.network(b_obs[mb_inds] / 255.0)
+                loss = agent.actor(hidden).mean() + agent.critic(hidden).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            if ppo:
+                torch.nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
+            optimizer.step()
+    return batch_size * epochs / (time.perf_counter() - start)
+
+
+def trainer_run(total_timesteps: int) -> dict:
+    """(5) ppo_pokemon.py at its defaults on the stand-in; its own TensorBoard perf/ scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir = tempfile.mkdtemp(prefix="bench_trainer_")
+    command = [sys.executable, os.path.join(ROOT, "ppo_pokemon.py"), "--rom-path", ROM,
+               "--total-timesteps", str(total_timesteps), "--eval-episodes", "0"]
+    subprocess.run(command, cwd=workdir, check=True, capture_output=True, text=True)
+    events = EventAccumulator(glob.glob(os.path.join(workdir, "runs", "*"))[0])
+    events.Reload()
+
+    def scalars(tag):
+        return [event.value for event in events.Scalars(tag)]
+
+    rollout, update = scalars("perf/rollout_seconds"), scalars("perf/update_seconds")
+    return {
+        "steps_per_second": scalars("perf/steps_per_second")[-1],
+        "rollout_seconds": float(np.mean(rollout)),
+        "update_seconds": float(np.mean(update)),
+        "update_samples_per_second": float(np.mean(scalars("perf/update_samples_per_second"))),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "command": " ".join(["python ppo_pokemon.py"] + command[2:]).replace(ROM, "roms/standin.gb"),
+    }
+
+
+def table(headers, rows) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and configurations")
+    parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "throughput.json"))
+    options = parser.parse_args()
+    steps = 500 if options.quick else 1500
+    torch.set_num_threads(psutil.cpu_count(logical=False) or 1)
+    results = {"machine": machine(), "command": " ".join(["python benchmarks/throughput.py"] + sys.argv[1:])}
+    cores = results["machine"]["physical_cores"]
+
+    # (1) and (2), alternated three times on the same start state; the best of each.
+    env = pokemon_env.PokemonRedEnv(rom_path=ROM)
+    emulator, single = [], []
+    for _ in range(3):
+        emulator.append(emulator_steps_per_second(env.start_state, steps))
+        single.append(env_steps_per_second(env, steps))
+    rss_before = psutil.Process().memory_info().rss
+    env.close()
+    results["emulator_steps_per_second"] = max(emulator)
+    results["env_steps_per_second"] = max(single)
+    results["env_overhead"] = max(emulator) / max(single) - 1
+
+    # (3) Vectorised collection.
+    agent = ppo_pokemon.Agent((4, 84, 84))
+    configs = [("serial", 4, None), ("multiprocessing", 4, 2)]
+    if not options.quick:
+        configs += [("serial", 8, None), ("multiprocessing", 8, 2), ("multiprocessing", 4, 1)]
+    results["vector"] = []
+    for backend, num_envs, num_workers in configs:
+        for policy in (None, agent):
+            run = vector_steps_per_second(backend, num_envs, num_workers, steps // num_envs * 4, policy)
+            run.update(backend=backend, num_envs=num_envs, num_workers=num_workers, policy=policy is not None,
+                       efficiency=run["steps_per_second"] / (cores * results["emulator_steps_per_second"]))
+            results["vector"].append(run)
+
+    # (4) The learner at the default batch 2,048 and minibatch 256, 4 epochs.
+    results["learner_ppo_samples_per_second"] = learner_samples_per_second(2048, 256, 4, ppo=True)
+    results["learner_bare_samples_per_second"] = learner_samples_per_second(2048, 256, 4, ppo=False)
+
+    # (5) The whole trainer at its defaults, and the bound that (3) and (4) set for it.
+    trainer = trainer_run(2048 * (3 if options.quick else 6))
+    results["trainer"] = trainer
+    default_backend, _ = ppo_pokemon.choose_vectorization(ppo_pokemon.Args(), cores)
+    collect = max(run["steps_per_second"] for run in results["vector"]
+                  if run["backend"] == default_backend and run["num_envs"] == 4 and run["policy"])
+    seconds_per_step = 1 / collect + 4 / results["learner_ppo_samples_per_second"]
+    results["trainer_bound_steps_per_second"] = 1 / seconds_per_step
+    results["trainer_of_bound"] = trainer["steps_per_second"] * seconds_per_step
+
+    # (6) Memory: per multiprocessing worker (each holds its envs) and per env in one process.
+    results["env_rss_mb_in_process"] = rss_before / 2**20
+
+    os.makedirs(os.path.dirname(options.json), exist_ok=True)
+    with open(options.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(report(results, default_backend))
+
+
+def report(results: dict, default_backend: str) -> str:
+    m = results["machine"]
+    out = [f"`{results['command']}` on {m['physical_cores']} physical / {m['logical_cores']} logical cores "
+           f"({m['cpu']}), GPU: {m['gpu']}; Python {m['python']}, PyBoy {m['pyboy']}, PufferLib "
+           f"{m['pufferlib']}, torch {m['torch']}, numpy {m['numpy']}, gymnasium {m['gymnasium']}.", ""]
+    emulator = results["emulator_steps_per_second"]
+    out.append(table(["stage", "steps/s", "ratio", "target"], [
+        ["(1) emulator alone (24 frames, 1 render)", f"{emulator:,.0f}", "1.00", ""],
+        ["(2) one env.step", f"{results['env_steps_per_second']:,.0f}",
+         f"overhead {results['env_overhead']:+.1%}", "overhead <= 10%"],
+    ]))
+    out.append("")
+    rows = []
+    for run in results["vector"]:
+        workers = run["num_workers"] or "-"
+        rss = max(run["worker_rss_mb"], default=0)
+        rows.append([run["backend"] + (" (default)" if run["backend"] == default_backend else ""), run["num_envs"],
+                     workers, "policy" if run["policy"] else "random", f"{run['steps_per_second']:,.0f}",
+                     f"{run['efficiency']:.0%}", f"{rss:.0f}" if rss else "-"])
+    out.append("(3) vectorised collection; efficiency = steps/s / (physical cores x (1)); target >= 85% "
+               "for the default backend with random actions")
+    out.append("")
+    out.append(table(["backend", "envs", "workers", "actions", "steps/s", "efficiency", "worker RSS MB"], rows))
+    out.append("")
+    ppo, bare = results["learner_ppo_samples_per_second"], results["learner_bare_samples_per_second"]
+    trainer = results["trainer"]
+    out.append(table(["stage", "figure", "ratio", "target"], [
+        ["(4) PPO update, batch 2048, minibatch 256", f"{ppo:,.0f} samples/s", f"{ppo / bare:.0%} of bare loop",
+         ">= 90%"],
+        ["(4) bare forward/backward/step loop", f"{bare:,.0f} samples/s", "", ""],
+        ["(5) trainer at defaults", f"{trainer['steps_per_second']:,.0f} steps/s",
+         f"{results['trainer_of_bound']:.0%} of bound {results['trainer_bound_steps_per_second']:,.0f}", ">= 80%"],
+        ["(5) rollout / update per 2048-step batch", f"{trainer['rollout_seconds']:.1f} s / "
+         f"{trainer['update_seconds']:.1f} s", "", ""],
+        ["(6) trainer process peak RSS", f"{trainer['peak_rss_mb']:,.0f} MB", "", ""],
+        ["(6) one env in-process RSS", f"{results['env_rss_mb_in_process']:,.0f} MB", "", ""],
+    ]))
+    out.append("")
+    out.append(f"(5) ran `{trainer['command']}`.")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
