@@ -45,15 +45,15 @@ import pokemon_env
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment (part of the run name)"""
+    """experiment label, part of the run name (runs/<run_name>, checkpoints/<run_name>)"""
     seed: int = 1
-    """seed of the experiment (python, numpy, torch and the environments)"""
+    """seeds python, numpy, torch and the environments"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    """ask cuDNN for deterministic kernels (slower on GPU, no effect on CPU)"""
     cuda: bool = True
-    """if toggled, train on CUDA when it is available"""
+    """use a CUDA GPU when one is present"""
     torch_threads: int = 0
-    """CPU threads for torch; 0 means one per physical core"""
+    """CPU threads for the PPO update (0: one per physical core); the rollout uses one"""
 
     # Environment (mirrors pokemon_env.py; stored in checkpoints for play_pokemon.py)
     rom_path: str = "roms/pokemon_red.gb"
@@ -69,7 +69,7 @@ class Args:
     obs_width: int = 84
     """observation width in pixels"""
     grayscale: bool = True
-    """if toggled, grayscale observations"""
+    """one gray channel per frame instead of three colour channels"""
     frame_stack: int = 4
     """number of stacked frames in an observation"""
     badge_reward: float = 4.0
@@ -95,41 +95,41 @@ class Args:
     num_workers: Optional[int] = None
     """multiprocessing worker processes (default: the largest divisor of num_envs <= cores)"""
 
-    # Algorithm specific arguments
+    # PPO
     total_timesteps: int = 500_000
-    """total timesteps of the experiment"""
+    """environment steps to train for, summed over all envs"""
     learning_rate: float = 2.5e-4
-    """the learning rate of the optimizer"""
+    """Adam step size at the start (see --anneal-lr)"""
     num_envs: int = 4
-    """the number of parallel game environments"""
+    """emulators stepped together"""
     batch_size: int = 2048
     """env steps per update (used when --num-steps is not given)"""
     num_steps: Optional[int] = None
     """steps per env per rollout (default: batch_size / num_envs; overrides batch_size)"""
     minibatch_size: int = 256
-    """the mini-batch size"""
+    """samples per gradient step"""
     anneal_lr: bool = True
-    """toggle learning rate annealing (linear, to 0 at total_timesteps)"""
+    """decay the learning rate linearly to 0 at --total-timesteps"""
     gamma: float = 0.99
-    """the discount factor gamma"""
+    """discount per step"""
     gae_lambda: float = 0.95
-    """the lambda for the general advantage estimation"""
+    """GAE lambda: bias (0) versus variance (1) of the advantage estimates"""
     update_epochs: int = 4
-    """the K epochs to update the policy"""
+    """passes over each batch in an update"""
     norm_adv: bool = True
-    """toggles advantages normalization"""
+    """standardise advantages within each minibatch"""
     clip_coef: float = 0.2
-    """the surrogate clipping coefficient"""
+    """PPO ratio clip range (also bounds the value change when --clip-vloss)"""
     clip_vloss: bool = True
-    """toggles whether or not to use a clipped loss for the value function"""
+    """clip the value update around the rollout values, as for the policy"""
     ent_coef: float = 0.01
-    """coefficient of the entropy"""
+    """weight of the entropy bonus"""
     vf_coef: float = 0.5
-    """coefficient of the value function"""
+    """weight of the value loss"""
     max_grad_norm: float = 0.5
-    """the maximum norm for the gradient clipping"""
+    """clip the global gradient norm to this"""
     target_kl: Optional[float] = None
-    """the target KL divergence threshold (stop the update's epochs early above it)"""
+    """stop an update's epochs early once their mean approximate KL exceeds this"""
 
     # Logging, evaluation and checkpoints
     save_interval: int = 50
@@ -169,8 +169,9 @@ def env_kwargs_from_args(args: Args) -> dict:
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
+    """Orthogonal weights scaled by `std`, constant bias: the usual PPO initialisation."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias_const)
     return layer
 
 
@@ -247,7 +248,7 @@ def ppo_loss(newlogprob, entropy, newvalue, logprobs, advantages, returns, value
     ratio = logratio.exp()
 
     with torch.no_grad():
-        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+        # KL(old || new) estimates k1 and k3 of http://joschu.net/blog/kl-approx.html
         old_approx_kl = (-logratio).mean()
         approx_kl = ((ratio - 1) - logratio).mean()
         clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
@@ -541,15 +542,15 @@ if __name__ == "__main__":
     else:
         run_name = f"{rom_name}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # TRY NOT TO MODIFY: seeding
+    # Seeding (a resumed run restores the saved RNG states further down)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads or physical_cores)
+    learner_threads = args.torch_threads or physical_cores
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # env setup. Workers are forked with SIGINT ignored: Ctrl-C is the main process's to handle.
+    # Environments. Workers are forked with SIGINT ignored: Ctrl-C is the main process's to handle.
     backend, num_workers = choose_vectorization(args, physical_cores)
     vec_kwargs = {"num_workers": num_workers} if backend == "multiprocessing" else {}
     vec_backend = pufferlib.vector.Multiprocessing if backend == "multiprocessing" else pufferlib.vector.Serial
@@ -592,10 +593,8 @@ if __name__ == "__main__":
     # Departure from CleanRL: on resume, purge_step hides the events logged after the checkpoint.
     writer = SummaryWriter(f"runs/{run_name}", purge_step=global_step + 1 if checkpoint is not None else None)
     if checkpoint is None:
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-        )
+        rows = "".join(f"\n| {name} | {value} |" for name, value in vars(args).items())
+        writer.add_text("hyperparameters", "| argument | value |\n|---|---|" + rows)
     checkpoint_dir = os.path.join("checkpoints", run_name)
     workers = f", {num_workers} workers" if num_workers else ""
     print(f"run {run_name}: {args.num_envs} envs ({backend}{workers}), {num_iterations} updates of "
@@ -622,7 +621,7 @@ if __name__ == "__main__":
         })
         return path
 
-    # ALGO Logic: Storage setup
+    # Rollout storage
     # (num_steps, num_envs, C, H, W), uint8 as the env gives them: the network scales them
     obs = torch.zeros((args.num_steps, args.num_envs) + obs_shape, dtype=torch.uint8).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long).to(device)  # (num_steps, envs)
@@ -633,7 +632,7 @@ if __name__ == "__main__":
     dones = torch.zeros((args.num_steps, args.num_envs)).to(device)  # (num_steps, num_envs): 1 = reset step
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)  # (num_steps, num_envs)
 
-    # TRY NOT TO MODIFY: start the game
+    # Training
     start_time = time.time()
     start_global_step = global_step
     eval_env, eval_seconds = None, 0.0
@@ -647,12 +646,16 @@ if __name__ == "__main__":
 
     for iteration in range(start_iteration, num_iterations + 1):
         iteration_start_step = global_step
-        # Annealing the rate if instructed to do so. From global_step, not the iteration index, so
-        # that a resumed run continues the same schedule.
+        # Linear decay, computed from global_step rather than the iteration index so that a resumed
+        # run lands on the same schedule.
         if args.anneal_lr:
             frac = max(0.0, 1.0 - global_step / (num_iterations * args.batch_size))
             optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
+        # Departure from CleanRL: thread counts set per phase. The rollout's forward pass on num_envs
+        # observations is too small to share out: a second thread only waits on the first, spinning
+        # on the core an emulator needs (measured 5-10x slower on 2 busy cores).
+        torch.set_num_threads(1)
         rollout_start = time.perf_counter()
         env_seconds = 0.0
         episode_stats = defaultdict(list)
@@ -663,14 +666,12 @@ if __name__ == "__main__":
             obs[step] = next_obs
             dones[step] = next_done
 
-            # ALGO LOGIC: action logic
             with torch.no_grad():
                 action, logprob, _, value = agent.get_action_and_value(obs[step])
                 values[step] = value.flatten()
             actions[step] = action
             logprobs[step] = logprob
 
-            # TRY NOT TO MODIFY: execute the game and log data.
             env_start = time.perf_counter()
             next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
             env_seconds += time.perf_counter() - env_start
@@ -698,7 +699,8 @@ if __name__ == "__main__":
             break
         rollout_seconds = time.perf_counter() - rollout_start
 
-        # bootstrap value if not done
+        # Advantages: the value of the observation after the last step closes the rollout.
+        torch.set_num_threads(learner_threads)
         update_start = time.perf_counter()
         with torch.no_grad():
             next_value = agent.get_value(next_obs).flatten()
@@ -706,7 +708,7 @@ if __name__ == "__main__":
                 rewards, values, terminations, truncations, dones, next_value, args.gamma, args.gae_lambda
             )
 
-        # flatten the batch
+        # One flat batch of num_steps * num_envs samples
         b_obs = obs.reshape((-1,) + obs_shape)
         b_logprobs = logprobs.reshape(-1)
         b_actions = actions.reshape(-1)
@@ -714,9 +716,9 @@ if __name__ == "__main__":
         b_returns = returns.reshape(-1)
         b_values = values.reshape(-1)
 
-        # Optimizing the policy and value network. Departure from CleanRL: PufferLib's reset steps
-        # are no transitions, so they are left out, and the rest is split into near-equal
-        # minibatches; losses are logged as means over all minibatches, not the last one.
+        # The PPO update. Departure from CleanRL: PufferLib's reset steps are no transitions, so
+        # they are left out and the rest is split into near-equal minibatches; the losses are
+        # logged as means over all minibatches, not the last one.
         valid_inds = torch.nonzero(dones.reshape(-1) == 0).flatten().cpu().numpy()
         num_minibatches = max(1, round(len(valid_inds) / args.minibatch_size))
         update_stats = []  # per minibatch: pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac
@@ -752,7 +754,7 @@ if __name__ == "__main__":
             torch.stack(update_stats).mean(0).tolist() if update_stats else [float("nan")] * 6
         )
 
-        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        # Logging
         writer.add_scalar("train/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("train/value_loss", v_loss, global_step)
         writer.add_scalar("train/policy_loss", pg_loss, global_step)
@@ -794,6 +796,7 @@ if __name__ == "__main__":
             break
 
         if args.eval_episodes > 0 and iteration % args.eval_interval == 0:
+            torch.set_num_threads(1)
             eval_start = time.time()
             if eval_env is None:
                 eval_kwargs = {**env_kwargs, "max_steps": args.eval_max_steps or args.max_steps}
