@@ -685,11 +685,11 @@ if __name__ == "__main__":
             for info in infos:
                 if "episode_return" not in info:
                     continue
-                for key, value in info.items():
+                for key, stat in info.items():
                     if key == "visited_tiles":
-                        add_visits(visit_counts, value)
-                    elif np.ndim(value) == 0:
-                        episode_stats[key].append(float(value))
+                        add_visits(visit_counts, stat)
+                    elif np.ndim(stat) == 0:
+                        episode_stats[key].append(float(stat))
                 recent_returns.append(float(info["episode_return"]))
                 best_badges = max(best_badges, float(info.get("badges", 0)))
                 heatmap_episodes += 1
@@ -772,7 +772,7 @@ if __name__ == "__main__":
         writer.add_scalar("perf/update_samples_per_second",
                           len(valid_inds) * args.update_epochs / update_seconds, global_step)
         if episode_stats:
-            episode_means = {key: float(np.mean(values)) for key, values in episode_stats.items()}
+            episode_means = {key: float(np.mean(stats)) for key, stats in episode_stats.items()}
             log_episode_stats(writer, "episode", episode_means, global_step)
             writer.add_scalar("episode/count", len(episode_stats["episode_return"]), global_step)
             writer.add_scalar("episode/max_badges", max(episode_stats.get("badges", [0.0])), global_step)

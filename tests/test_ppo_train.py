@@ -1,5 +1,6 @@
 """Subprocess runs of ppo_pokemon.py on the stand-in cartridge, with tiny budgets (as CleanRL tests)."""
 import hashlib
+import os
 import shutil
 import signal
 import subprocess
@@ -138,12 +139,13 @@ def test_resume_continues_global_step_schedule_and_curves(run, tmp_path):
 
 def test_ctrl_c_saves_a_loadable_checkpoint(tmp_path, standin_rom):
     command = [sys.executable, TRAINER, "--rom-path", str(standin_rom), *TINY, "--total-timesteps", "100000"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     deadline = time.time() + 90
     for line in process.stdout:  # progress lines end in newlines when stdout is not a terminal
         if line.startswith("update 1/") or time.time() > deadline:
             break
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: to the whole process group
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr and "--resume" in stdout
