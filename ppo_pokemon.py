@@ -376,25 +376,32 @@ def add_visits(visit_counts: dict, visited_tiles) -> None:
         grid[(on_map >> 8) & 0xFF, on_map & 0xFF] += 1
 
 
-def render_heatmap(visit_counts: dict, num_episodes: int, cell: int = 120, max_maps: int = 12):
-    """An RGB image (H, W, 3) uint8: one panel per map, the most visited first, in a grid.
+def colour_share(share):
+    """Colours for shares in [0, 1]: dark purple (few episodes) to yellow (all of them)."""
+    levels = (40 + 215 * np.clip(share, 0.0, 1.0)).astype(np.uint8)
+    return cv2.applyColorMap(levels, cv2.COLORMAP_INFERNO)[..., ::-1].copy()  # BGR to RGB
 
-    A panel spans the map from its top-left corner to the farthest tile visited; its colour is
-    the share of the episodes that stepped on the tile (dark purple: few, yellow: all; grey: none).
+
+def render_heatmap(visit_counts: dict, num_episodes: int, cell: int = 120, max_maps: int = 12):
+    """An RGB image (H, W, 3) uint8: one panel per map, the most visited first, 4 to a row.
+
+    A panel spans its map from the top-left corner to the farthest tile visited; a tile's colour
+    is the share of the episodes that stepped on it (scale in the header; grey: none did).
     """
     maps = sorted(visit_counts, key=lambda m: -int(visit_counts[m].sum()))[:max_maps]
-    cols = min(4, len(maps))
-    rows = math.ceil(len(maps) / cols)
-    label_h, pad, header_h = 14, 6, 20
-    image = np.full((header_h + rows * (label_h + cell + pad), pad + cols * (cell + pad), 3), 20, np.uint8)
-    cv2.putText(image, f"tiles visited by {num_episodes} episodes (yellow: all of them)", (pad, 14),
-                cv2.FONT_HERSHEY_PLAIN, 0.9, (230, 230, 230), 1, cv2.LINE_AA)
+    cols, rows = min(4, len(maps)), math.ceil(len(maps) / 4)
+    label_h, pad, header_h, font, white = 14, 6, 22, cv2.FONT_HERSHEY_PLAIN, (230, 230, 230)
+    width = max(pad + cols * (cell + pad), 300)
+    image = np.full((header_h + rows * (label_h + cell + pad), width, 3), 20, np.uint8)
+    cv2.putText(image, f"{num_episodes} episodes", (pad, 15), font, 0.9, white, 1, cv2.LINE_AA)
+    image[6:16, 150:250] = colour_share(np.linspace(0, 1, 100)[None].repeat(10, 0))
+    cv2.putText(image, "0", (138, 15), font, 0.8, white, 1, cv2.LINE_AA)
+    cv2.putText(image, "all", (254, 15), font, 0.8, white, 1, cv2.LINE_AA)
     for i, map_id in enumerate(maps):
         counts = visit_counts[map_id]
         ys, xs = np.nonzero(counts)
         counts = counts[: ys.max() + 1, : xs.max() + 1]
-        share = np.clip(counts / max(num_episodes, 1), 0.0, 1.0)
-        panel = cv2.applyColorMap((40 + 215 * share).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1].copy()
+        panel = colour_share(counts / max(num_episodes, 1))
         panel[counts == 0] = (60, 60, 60)
         scale = min(cell / counts.shape[0], cell / counts.shape[1])
         scale = math.floor(scale) if scale >= 1 else scale  # whole pixels per tile where they fit
@@ -404,7 +411,7 @@ def render_heatmap(visit_counts: dict, num_episodes: int, cell: int = 120, max_m
         left = pad + (i % cols) * (cell + pad)
         image[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
         name = MAP_NAMES.get(map_id, f"map 0x{map_id:02x}")[:18]
-        cv2.putText(image, name, (left, top - 3), cv2.FONT_HERSHEY_PLAIN, 0.8, (230,) * 3, 1, cv2.LINE_AA)
+        cv2.putText(image, name, (left, top - 3), font, 0.8, white, 1, cv2.LINE_AA)
     return image
 
 
