@@ -53,13 +53,16 @@ def test_newest_frame_is_last_and_older_frames_shift(standin_env):
     assert not np.array_equal(obs[0], obs[-1])  # the menu opened and closed: frames differ
 
 
-def test_observation_size_stack_and_color_options(standin_env):
-    env = standin_env(obs_height=72, obs_width=80, frame_stack=3, grayscale=False, render_mode="rgb_array")
+@pytest.mark.parametrize("grayscale", [True, False])
+def test_observation_size_stack_and_color_options(standin_env, grayscale):
+    env = standin_env(obs_height=72, obs_width=80, frame_stack=3, grayscale=grayscale, render_mode="rgb_array")
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (9, 72, 80) and obs in env.observation_space
+    channels = 1 if grayscale else 3
+    assert obs.shape == (3 * channels, 72, 80) and obs in env.observation_space
     obs, *_ = act(env, "start")[0]
     rgb = cv2.resize(env.render(), (80, 72), interpolation=cv2.INTER_LINEAR)
-    assert np.array_equal(obs[-3:], rgb.transpose(2, 0, 1))  # newest frame's R, G, B last
+    expected = rgb[None, :, :, 0] if grayscale else rgb.transpose(2, 0, 1)  # R, G, B planes
+    assert np.array_equal(obs[-channels:], expected)  # the newest frame last
 
 
 def test_render_rgb_array_is_the_full_screen(standin_env):
