@@ -1,5 +1,8 @@
 """The environment on the stand-in cartridge: observations, actions, episodes, resets, start states."""
+import hashlib
 import io
+import os
+from pathlib import Path
 
 import cv2
 import gymnasium
@@ -234,16 +237,16 @@ def test_gymnasium_check_env_passes(standin_env):
 
 @pytest.mark.real_rom
 def test_real_rom_intro_reaches_reds_room():
-    import hashlib
-    import os
-    from pathlib import Path
-
     rom = Path(os.environ["POKEMON_RED_ROM"])
-    assert hashlib.sha1(rom.read_bytes()).hexdigest() in pokemon_env.KNOWN_ROMS, "not Pokemon Red/Blue"
+    version = pokemon_env.KNOWN_ROMS.get(hashlib.sha1(rom.read_bytes()).hexdigest())
+    assert version, f"{rom} is not Pokemon Red or Blue (SHA-1 differs)"
+    default_name = {"Pokemon Red": "RED", "Pokemon Blue": "BLUE"}[version]  # the lists are swapped
     env = PokemonRedEnv(rom_path=rom, max_steps=8)
     try:
         env.reset(seed=0)
         assert position(env) == START and player_in_control(env.pyboy.memory)
         assert env.pyboy.memory[0xD163] == 0  # no Pokemon yet
+        name = env.pyboy.memory[0xD158 : 0xD158 + len(default_name) + 1]
+        assert name == [0x80 + ord(letter) - ord("A") for letter in default_name] + [0x50]
     finally:
         env.close()
