@@ -184,7 +184,8 @@ class PokemonRedEnv(gymnasium.Env):
     Observations are (frame_stack, obs_height, obs_width) uint8, the newest frame last; with
     grayscale=False, (frame_stack * 3, obs_height, obs_width): each frame's R, G, B planes in turn.
     The env never terminates; `max_steps` truncates. `info` is {} on every step but the last of an
-    episode, which carries the episode's statistics (see `_episode_info`).
+    episode, which carries the episode's statistics (see `_episode_info`). The reward weights'
+    defaults and where they come from are in README.md.
     """
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 60}
@@ -259,12 +260,12 @@ class PokemonRedEnv(gymnasium.Env):
     def reset(self, *, seed=None, options=None):
         """Restore the start state, then wait 1 to 16 idle frames drawn from the env's RNG.
 
-        The same seed gives the same wait, hence the same episode for the same actions; different
-        seeds start the game's own RNG differently. seed=None continues the env's RNG.
+        The same seed gives the same wait, hence the same episode for the same actions. Pokemon Red
+        advances its random numbers every frame, so different waits mean different encounters and
+        parallel envs out of lockstep. seed=None continues the env's RNG.
         """
         super().reset(seed=seed)
         self.pyboy.load_state(io.BytesIO(self.start_state))
-        # A seeded handful of idle frames: parallel envs start out of lockstep, with different RNG.
         self.pyboy.tick(1 + int(self.np_random.integers(MAX_IDLE_FRAMES)), True)
         newest = self.frames[-self.channels :]
         self._downscale_screen(into=newest)
