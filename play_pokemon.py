@@ -36,6 +36,7 @@ reported, written to --json, and the recording so far is saved).
 import glob
 import json
 import os
+import struct
 import sys
 import time
 import warnings
@@ -212,41 +213,89 @@ def choose_action(agent: Agent, obs: np.ndarray, greedy: bool, device) -> int:
         return int(Categorical(logits=logits).probs.argmax(dim=1).item())
 
 
+class GifWriter:
+    """An animated GIF written as it goes, so memory stays flat however long the recording.
+
+    The first screen fixes the palette (the Game Boy's 4 shades: exact); an unchanged screen
+    lengthens the previous frame instead of adding one; a changed one stores only the rectangle
+    that changed. Pillow encodes each frame (GifImagePlugin.getdata); the container is ours.
+    """
+
+    MAX_DELAY = 0xFFFF  # a frame's delay is 16 bits, in 1/100 s
+
+    def __init__(self, path: str, frame_ms: float):
+        self.file = open(path, "wb")
+        self.delay = max(2, round(frame_ms / 10))  # in 1/100 s; below 2, viewers slow it down
+        self.palette_image = None
+        self.previous = None  # palette indices (144, 160) of the last screen
+        self.pending = None  # (indices of the changed rectangle, (left, top), delay): not yet written
+
+    def add(self, screen: np.ndarray):
+        from PIL import Image
+
+        image = Image.fromarray(screen)
+        if self.palette_image is None:
+            self.palette_image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+            palette = bytes(self.palette_image.getpalette("RGB")).ljust(768, b"\0")[:768]
+            height, width = screen.shape[:2]
+            self.file.write(b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF7, 0, 0) + palette
+                            + b"!\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", 0) + b"\0")  # loop forever
+        indices = np.asarray(image.quantize(palette=self.palette_image, dither=Image.Dither.NONE))
+        if self.previous is None:
+            self.pending = (indices, (0, 0), self.delay)
+        else:
+            changed = indices != self.previous
+            if not changed.any() and self.pending[2] + self.delay <= self.MAX_DELAY:
+                self.pending = (*self.pending[:2], self.pending[2] + self.delay)
+            else:
+                self._write_pending()
+                rows, cols = np.nonzero(changed.any(1))[0], np.nonzero(changed.any(0))[0]
+                if len(rows) == 0:  # unchanged, but the previous frame's delay is full
+                    rows, cols = np.array([0]), np.array([0])
+                top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+                self.pending = (indices[top:bottom, left:right], (int(left), int(top)), self.delay)
+        self.previous = indices
+
+    def _write_pending(self):
+        from PIL import GifImagePlugin, Image
+
+        if self.pending is not None:
+            indices, offset, delay = self.pending
+            frame = Image.fromarray(np.ascontiguousarray(indices), mode="P")
+            self.file.write(b"".join(GifImagePlugin.getdata(frame, offset, duration=delay * 10)))
+            self.pending = None
+
+    def close(self):
+        self._write_pending()
+        self.file.write(b";")
+        self.file.close()
+
+
 class Recorder:
-    """Full-resolution screens into an animated GIF (written at the end) or an MP4 (streamed)."""
+    """Full-resolution screens into an animated GIF or an MP4, both written as the episodes go."""
 
     def __init__(self, path: str, fps: float):
         self.path, self.fps, self.frames = path, fps, 0
-        self.mp4 = path.lower().endswith(".mp4")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if self.mp4:
+        if path.lower().endswith(".mp4"):
             import imageio.v2 as imageio
 
             # 160x144 is a multiple of 16 in both directions: ffmpeg needs no resizing.
             self.writer = imageio.get_writer(path, fps=fps, codec="libx264", quality=8,
                                              macro_block_size=16, ffmpeg_log_level="error")
+            self.add_frame = self.writer.append_data
         else:
-            self.images = []  # palette images: 23 KB a screen
+            self.writer = GifWriter(path, 1000 / fps)
+            self.add_frame = self.writer.add
+            self.fps = 100 / self.writer.delay  # what the GIF's 1/100 s delays give
 
     def add(self, screen: np.ndarray):
         """screen: (144, 160, 3) uint8."""
-        if self.mp4:
-            self.writer.append_data(screen)
-        else:
-            from PIL import Image
-
-            # The Game Boy shows 4 shades: an adaptive palette holds them exactly.
-            self.images.append(Image.fromarray(screen).convert("P", palette=Image.Palette.ADAPTIVE))
+        self.add_frame(screen)
         self.frames += 1
 
     def close(self):
-        if self.mp4:
-            self.writer.close()
-        elif self.images:
-            # Unchanged screens become one longer frame (Pillow merges them); loop forever.
-            self.images[0].save(self.path, save_all=True, append_images=self.images[1:],
-                                duration=round(1000 / self.fps), loop=0, optimize=True)
-            self.images = []
+        self.writer.close()
 
 
 def screen_rgb(env) -> np.ndarray:

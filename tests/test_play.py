@@ -89,10 +89,9 @@ def played(trained, tmp_path_factory):
                 cwd, {}),
         "other_seed": ([PLAYER, "--episodes", "1", "--max-steps", str(MAX_STEPS), "--seed", "100",
                         "--json", "other_seed.json"], cwd, {}),
-        "render": ([PLAYER, "--checkpoint", str(checkpoint), "--render", "--speed", "0", "--greedy",
-                    "--max-steps", "4", "--json", "render.json"], cwd, {"SDL_VIDEODRIVER": "dummy"}),
-        "real_time": ([PLAYER, "--checkpoint", str(checkpoint), "--render", "--max-steps", "3"], cwd,
-                      {"SDL_VIDEODRIVER": "dummy"}),
+        # In a window, at the default real-time speed: 4 steps of 12 frames take 0.8 s at least.
+        "render": ([PLAYER, "--checkpoint", str(checkpoint), "--render", "--greedy", "--max-steps", "4",
+                    "--json", "render.json"], cwd, {"SDL_VIDEODRIVER": "dummy"}),
         "other_rom": ([PLAYER, "--rom-path", str(other_rom), "--max-steps", "4"], cwd, {}),
     })  # fmt: skip
     return cwd, results
@@ -187,14 +186,15 @@ def test_same_seed_same_episodes(played):
     assert other["action_counts"] != first["episodes"][0]["action_counts"]
 
 
-def test_render_in_a_window(played):
-    _, results = played
+def test_render_in_a_window_in_real_time(played):
+    cwd, results = played
     result = results["render"]
     assert_ok(result)
     assert "greedy actions" in result.stdout and "episode 1/1: " in result.stdout
     assert result.stderr == ""
-    assert_ok(results["real_time"])
-    assert "length 3 |" in results["real_time"].stdout
+    report = read_json(cwd, "render.json")
+    assert report["greedy"] is True and report["episodes"][0]["episode_length"] == 4
+    assert report["seconds"] >= 0.9 * 4 * FRAME_SKIP / 60  # never faster than the Game Boy
 
 
 def test_other_rom_warns_in_one_line(played):
@@ -211,7 +211,8 @@ def test_other_rom_warns_in_one_line(played):
 
 
 @pytest.fixture(scope="module")
-def refused(trained, tmp_path_factory):
+def bad_inputs(trained, tmp_path_factory):
+    """Files that must be refused, and the folders to run from."""
     cwd, checkpoint = trained
     bad = tmp_path_factory.mktemp("bad")
     (bad / "empty").mkdir()
@@ -224,38 +225,55 @@ def refused(trained, tmp_path_factory):
     mismatch = {**saved, "env_kwargs": {**saved["env_kwargs"], "rom_path": str(cwd / "roms" / "standin.gb"),
                                         "obs_height": 84}}
     torch.save(mismatch, bad / "mismatch.pt")
-    cases = {
-        "no_checkpoint": ([], bad / "empty"),
-        "missing_file": (["--checkpoint", "nowhere.pt"], cwd),
-        "text_file": (["--checkpoint", str(bad / "notes.txt")], cwd),
-        "truncated": (["--checkpoint", str(bad / "truncated.pt")], cwd),
-        "not_a_checkpoint": (["--checkpoint", str(bad / "weights_only.pt")], cwd),
-        "obs_mismatch": (["--checkpoint", str(bad / "mismatch.pt")], cwd),
-        "missing_rom": (["--checkpoint", str(checkpoint), "--rom-path", "roms/nowhere.gb"], cwd),
-        "checkpoints_rom_missing": (["--checkpoint", str(checkpoint)], bad / "empty"),  # a relative path
-        "not_a_rom": (["--checkpoint", str(checkpoint), "--rom-path", str(bad / "notes.txt")], cwd),
-        "zero_episodes": (["--episodes", "0"], cwd),
-        "record_extension": (["--record", "agent.avi"], cwd),
-    }
-    return run_all({name: ([PLAYER, *argv], where, {}) for name, (argv, where) in cases.items()})
+    return cwd, checkpoint, bad
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no_checkpoint", "no checkpoint found"),
-    ("missing_file", "checkpoint not found: nowhere.pt"),
-    ("text_file", "corrupt or not one"),
-    ("truncated", "corrupt or not one"),
-    ("not_a_checkpoint", "is not a checkpoint written by ppo_pokemon.py"),
-    ("obs_mismatch", "checkpoint observations are (4, 36, 40), this env gives (4, 84, 40)"),
-    ("missing_rom", "ROM not found: roms/nowhere.gb"),
-    ("checkpoints_rom_missing", "ROM not found: roms/standin.gb (the checkpoint's ROM path; give --rom-path)"),
-    ("not_a_rom", "is not a Game Boy ROM"),
-    ("zero_episodes", "--episodes must be at least 1"),
-    ("record_extension", "--record must end in .gif or .mp4"),
-])  # fmt: skip
-def test_refuses_in_one_line(refused, case, message):
-    result = refused[case]
+def test_refusal_from_the_command_line(bad_inputs):
+    """The whole process: exit status 2 and nothing on stderr but the one line."""
+    _, _, bad = bad_inputs
+    result = subprocess.run([sys.executable, PLAYER], cwd=bad / "empty", capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("play_pokemon.py: error: "), result.stderr
+    assert result.stderr.splitlines() == [
+        "play_pokemon.py: error: no checkpoint found: no *.pt under checkpoints/ "
+        "(train one with ppo_pokemon.py, or give --checkpoint PATH)"
+    ]
+
+
+@pytest.mark.parametrize("case, argv, where, message", [
+    ("no_checkpoint", [], "empty", "no checkpoint found"),
+    ("missing_file", ["--checkpoint", "nowhere.pt"], "trained", "checkpoint not found: nowhere.pt"),
+    ("text_file", ["--checkpoint", "{bad}/notes.txt"], "trained", "corrupt or not one"),
+    ("truncated", ["--checkpoint", "{bad}/truncated.pt"], "trained", "corrupt or not one"),
+    ("not_a_checkpoint", ["--checkpoint", "{bad}/weights_only.pt"], "trained",
+     "is not a checkpoint written by ppo_pokemon.py"),
+    ("obs_mismatch", ["--checkpoint", "{bad}/mismatch.pt"], "trained",
+     "checkpoint observations are (4, 36, 40), this env gives (4, 84, 40)"),
+    ("missing_rom", ["--checkpoint", "{checkpoint}", "--rom-path", "roms/nowhere.gb"], "trained",
+     "ROM not found: roms/nowhere.gb"),
+    ("checkpoints_rom_missing", ["--checkpoint", "{checkpoint}"], "empty",  # it stores a relative path
+     "ROM not found: roms/standin.gb (the checkpoint's ROM path; give --rom-path)"),
+    ("not_a_rom", ["--checkpoint", "{checkpoint}", "--rom-path", "{bad}/notes.txt"], "trained",
+     "is not a Game Boy ROM"),
+    ("zero_episodes", ["--episodes", "0"], "trained", "--episodes must be at least 1"),
+    ("record_extension", ["--record", "agent.avi"], "trained", "--record must end in .gif or .mp4"),
+    ("negative_speed", ["--render", "--speed", "-1"], "trained", "--speed must be 0 (unlimited) or more"),
+])  # fmt: skip
+def test_refuses_in_one_line(bad_inputs, monkeypatch, capsys, case, argv, where, message):
+    """In this process, through main(): the same code path as the command line, at a fraction of the cost."""
+    import play_pokemon
+
+    cwd, checkpoint, bad = bad_inputs
+    monkeypatch.chdir(bad / "empty" if where == "empty" else cwd)
+    argv = [arg.format(bad=bad, checkpoint=checkpoint) for arg in argv]
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            play_pokemon.main(argv)
+    finally:  # main() sets them for the whole process
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("play_pokemon.py: error: "), lines
     assert message in lines[0]
