@@ -56,6 +56,7 @@ MENU_WATCHED_KEYS, MAIN_MENU_KEYS, NAME_LIST_KEYS = 0xCC29, 0x0B, 0x01
 CURRENT_MENU_ITEM, MAX_MENU_ITEM = 0xCC26, 0xCC28
 TEXT_PROMPT_TILE, TEXT_PROMPT_ARROW = 0xC4F2, 0xEE  # tile (18, 16): the arrow of a waiting text
 INTRO_FRAME_BUDGET = 30_000  # about 8 minutes of game time: a generous ceiling
+CONTROL_SETTLE_FRAMES = 60  # control must last this long, so a moment mid-animation does not count
 HOLD_FRAMES = 8  # a press held this long is never lost; the rest of the step is released
 MAX_IDLE_FRAMES = 16  # reset() waits 1..16 frames, chosen by the seed
 
@@ -128,12 +129,13 @@ def drive_intro(pyboy: PyBoy, frame_budget: int = INTRO_FRAME_BUDGET) -> int:
     """From power-on, play the new-game intro until the player controls Red in his room.
 
     Reads screen tiles and menu variables: Start until the main menu, A for NEW GAME, B for text
-    (name lists ignore B), and Down then A at each name list for the default name. There is never
-    a save file (the ROM is loaded without its .ram), so NEW GAME is the first menu item.
+    (name lists ignore B), and Down then A at each name list for the default name; done once the
+    player has been in control for a second. There is never a save file (the ROM is loaded
+    without its .ram), so NEW GAME is the first menu item.
     Returns the frames used; raises IntroError when the budget runs out.
     """
     memory = pyboy.memory
-    frames = 0
+    frames = frames_in_control = 0
     main_menu_seen = name_list_seen = False
 
     def press(button):
@@ -142,9 +144,19 @@ def drive_intro(pyboy: PyBoy, frame_budget: int = INTRO_FRAME_BUDGET) -> int:
         pyboy.tick(2 * HOLD_FRAMES, False)  # held, then released as long
         frames += 2 * HOLD_FRAMES
 
+    def wait():
+        nonlocal frames
+        pyboy.tick(4, False)
+        frames += 4
+
     while frames < frame_budget:
         if name_list_seen and player_in_control(memory):
-            return frames
+            if frames_in_control >= CONTROL_SETTLE_FRAMES:
+                return frames
+            wait()
+            frames_in_control += 4
+            continue
+        frames_in_control = 0
         watched_keys = memory[MENU_WATCHED_KEYS]
         if (
             memory[NAME_LIST_TILES : NAME_LIST_TILES + 4] == NAME_LIST_TEXT
@@ -161,8 +173,7 @@ def drive_intro(pyboy: PyBoy, frame_budget: int = INTRO_FRAME_BUDGET) -> int:
         elif not main_menu_seen:
             press("start")  # skips the intro movie, then leaves the title screen
         else:
-            pyboy.tick(4, False)
-            frames += 4
+            wait()  # animations and map loads
     raise IntroError(
         f"the intro did not reach the player in control within {frame_budget} frames "
         f"(main menu seen: {main_menu_seen}, name list seen: {name_list_seen}, map {memory[MAP_ID]:#04x})"

@@ -201,6 +201,8 @@ def test_intro_driver_reaches_control_from_power_on(standin_rom):
         assert 0 < frames < pokemon_env.INTRO_FRAME_BUDGET
         assert player_in_control(memory)
         assert (memory[MAP_ID], memory[X_COORD], memory[Y_COORD]) == START
+        assert memory[0xD158:0xD15C] == [0x91, 0x84, 0x83, 0x50]  # the default names: RED...
+        assert memory[0xD34A:0xD34F] == [0x81, 0x8B, 0x94, 0x84, 0x50]  # ...and BLUE
     finally:
         pyboy.stop(save=False)
 
