@@ -21,7 +21,7 @@ TRAINER = str(ROOT / "ppo_pokemon.py")
 TINY = [
     "--num-envs", "2", "--num-steps", "32", "--minibatch-size", "32", "--total-timesteps", "192",
     "--max-steps", "40", "--save-interval", "2", "--eval-interval", "2", "--eval-episodes", "1",
-    "--eval-max-steps", "20", "--heatmap-interval", "1", "--vec-backend", "serial",
+    "--eval-max-steps", "20", "--heatmap-interval", "1", "--vec-backend", "serial", "--torch-threads", "1",
 ]  # fmt: skip
 REQUIRED_TAGS = {
     "train/policy_loss", "train/value_loss", "train/entropy_loss", "train/approx_kl", "train/learning_rate",
