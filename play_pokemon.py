@@ -49,7 +49,6 @@ from ppo_pokemon import Agent, CheckpointError, load_checkpoint  # isort: skip
 import numpy as np
 import torch
 import tyro
-from torch.distributions.categorical import Categorical
 
 import pokemon_env
 
@@ -209,8 +208,8 @@ def choose_action(agent: Agent, obs: np.ndarray, greedy: bool, device) -> int:
         if not greedy:
             action, _, _, _ = agent.get_action_and_value(x)  # sampled, exactly as in training
             return int(action.item())
-        logits = agent.actor(agent.network(x / 255.0))  # the scaling of Agent.get_action_and_value
-        return int(Categorical(logits=logits).probs.argmax(dim=1).item())
+        logits = agent.actor(agent.network(x / 255.0))  # as in Agent.get_action_and_value
+        return int(logits.argmax(dim=1).item())  # the most likely action
 
 
 class GifWriter:

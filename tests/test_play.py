@@ -6,6 +6,7 @@ cores are the limit) and the tests read the results.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -205,6 +206,54 @@ def test_other_rom_warns_in_one_line(played):
     assert len(lines) == 1 and lines[0].startswith("play_pokemon.py: warning: ")
     assert "trained on standin.gb" in lines[0] and "standin_other.gb" in lines[0]
     assert "episode 1/1: " in result.stdout
+
+
+def test_gif_holds_exactly_the_screens(standin_env, tmp_path):
+    """Decoded frame by frame (an unchanged screen: one frame, several delays), the GIF is the screens."""
+    import numpy as np
+
+    from play_pokemon import GifWriter, screen_rgb
+
+    env = standin_env(frame_skip=FRAME_SKIP)
+    env.reset(seed=3)
+    screens = [screen_rgb(env)]
+    for action in np.random.default_rng(0).integers(env.action_space.n, size=80):
+        env.step(int(action))
+        screens.append(screen_rgb(env))
+    writer = GifWriter(str(tmp_path / "exact.gif"), FRAME_MS)
+    for screen in screens:
+        writer.add(screen)
+    writer.close()
+    decoded = []
+    with Image.open(tmp_path / "exact.gif") as gif:
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            decoded += [np.asarray(gif.convert("RGB"))] * (gif.info["duration"] // FRAME_MS)
+    assert len(decoded) == len(screens)
+    for number, (got, want) in enumerate(zip(decoded, screens)):
+        assert np.array_equal(got, want), f"screen {number} differs"
+
+
+def test_ctrl_c_keeps_what_was_played(trained, tmp_path):
+    """Ctrl-C: exit 130, the finished episodes reported and written, the recording so far readable."""
+    cwd, checkpoint = trained
+    command = [sys.executable, PLAYER, "--checkpoint", str(checkpoint), "--episodes", "1000", "--max-steps", "20",
+               "--json", str(tmp_path / "stopped.json"), "--record", str(tmp_path / "stopped.gif")]
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("episode 2/1000"):
+                process.send_signal(signal.SIGINT)
+                break
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stdout + stderr
+    assert "Ctrl-C: stopped after" in stdout and "| return " in stdout
+    report = json.loads((tmp_path / "stopped.json").read_text())
+    assert report["interrupted"] is True and 2 <= len(report["episodes"]) < 1000
+    with Image.open(tmp_path / "stopped.gif") as gif:
+        assert gif.size == (160, 144) and gif.n_frames > 1
 
 
 # ----- refusals: one line on stderr, exit status 2 -----
