@@ -129,7 +129,8 @@ def loss_terms(ratio, advantages, newvalue, values, returns, clip_vloss=True):
 
 def test_ppo_loss_clips_the_surrogate_only_where_it_would_gain():
     # Positive advantage: a ratio beyond 1 + clip earns no more. Negative: no clip below 1 + clip.
-    pg_loss, _, entropy_loss, _, _, clipfrac = loss_terms([1.5, 1.5], [1.0, -1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0])
+    zeros = [0.0, 0.0]
+    pg_loss, _, entropy_loss, _, _, clipfrac = loss_terms([1.5, 1.5], [1.0, -1.0], zeros, zeros, zeros)
     assert pg_loss.item() == pytest.approx((-1.2 + 1.5) / 2)
     assert clipfrac.item() == 1.0 and entropy_loss.item() == 2.0
     pg_loss, *_ = loss_terms([0.5, 0.5], [1.0, -1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0])
@@ -199,7 +200,8 @@ def any_rom(tmp_path) -> str:
 def test_env_arguments_mirror_pokemon_env_defaults():
     """Every environment argument the trainer passes exists in pokemon_env with the same default."""
     env_defaults = {
-        name: p.default for name, p in inspect.signature(pokemon_env.PokemonRedEnv.__init__).parameters.items()
+        name: parameter.default
+        for name, parameter in inspect.signature(pokemon_env.PokemonRedEnv.__init__).parameters.items()
     }
     args = Args()
     for name, value in ppo_pokemon.env_kwargs_from_args(args).items():
@@ -212,7 +214,8 @@ def test_env_arguments_mirror_pokemon_env_defaults():
 
 def test_defaults_match_the_design():
     a = Args()
-    assert (a.num_envs, a.total_timesteps, a.batch_size, a.minibatch_size, a.update_epochs) == (4, 500_000, 2048, 256, 4)
+    sizes = (a.num_envs, a.total_timesteps, a.batch_size, a.minibatch_size, a.update_epochs)
+    assert sizes == (4, 500_000, 2048, 256, 4)
     assert (a.learning_rate, a.gamma, a.gae_lambda, a.clip_coef, a.ent_coef, a.vf_coef, a.max_grad_norm) == (
         2.5e-4, 0.99, 0.95, 0.2, 0.01, 0.5, 0.5)
     assert a.anneal_lr and a.clip_vloss and a.target_kl is None
@@ -244,11 +247,13 @@ def test_default_arguments_pass_and_backend_choice(any_rom):
     assert ppo_pokemon.check_args(args, physical_cores=2) is None
     assert ppo_pokemon.choose_vectorization(args, 2) == ("serial", None)
     assert ppo_pokemon.choose_vectorization(args, 8) == ("multiprocessing", 4)
-    assert ppo_pokemon.choose_vectorization(dataclasses.replace(args, num_envs=6), 4) == ("multiprocessing", 3)
+    six_envs = dataclasses.replace(args, num_envs=6)
+    assert ppo_pokemon.choose_vectorization(six_envs, 4) == ("multiprocessing", 3)
 
 
 def test_flags_given_reads_tyro_spellings():
-    given = ppo_pokemon.flags_given(["--num-envs", "8", "--total-timesteps=100", "--no-cuda", "--resume", "x.pt"])
+    argv = ["--num-envs", "8", "--total-timesteps=100", "--no-cuda", "--resume", "x.pt"]
+    given = ppo_pokemon.flags_given(argv)
     assert given == {"num_envs", "total_timesteps", "cuda", "resume"}
 
 
@@ -258,7 +263,8 @@ def test_flags_given_reads_tyro_spellings():
 def test_heatmap_counts_episodes_per_tile_and_renders_a_grid():
     counts = {}
     tile = lambda map_id, y, x: map_id << 16 | y << 8 | x  # noqa: E731
-    ppo_pokemon.add_visits(counts, np.array([tile(0x26, 3, 4), tile(0x26, 3, 5), tile(0x00, 10, 2)], np.int32))
+    first = [tile(0x26, 3, 4), tile(0x26, 3, 5), tile(0x00, 10, 2)]
+    ppo_pokemon.add_visits(counts, np.array(first, np.int32))
     ppo_pokemon.add_visits(counts, np.array([tile(0x26, 3, 4)], np.int32))
     assert counts[0x26][3, 4] == 2 and counts[0x26][3, 5] == 1 and counts[0x00][10, 2] == 1
     assert counts[0x26].sum() == 3

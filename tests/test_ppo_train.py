@@ -93,7 +93,8 @@ def test_run_writes_every_tag_and_sane_episode_stats(run):
 
 def test_run_writes_loadable_checkpoints(run):
     cwd, _ = run
-    assert [path.name for path in checkpoints(cwd)] == ["checkpoint_update000002.pt", "checkpoint_update000003.pt"]
+    names = [path.name for path in checkpoints(cwd)]
+    assert names == ["checkpoint_update000002.pt", "checkpoint_update000003.pt"]
     checkpoint = torch.load(checkpoints(cwd)[-1], weights_only=True)
     assert checkpoint["global_step"] == 192 and checkpoint["update"] == 3
     assert checkpoint["obs_shape"] == [4, 84, 84] and checkpoint["num_actions"] == 8
@@ -121,7 +122,8 @@ def test_resume_continues_global_step_schedule_and_curves(run, tmp_path):
     resumed = torch.load(first_update3, weights_only=True)
     assert resumed["global_step"] == 192 and resumed["update"] == 3
     assert resumed["run_name"] == original["run_name"]
-    assert resumed["optimizer"]["param_groups"][0]["lr"] == pytest.approx(original["optimizer"]["param_groups"][0]["lr"])
+    lr = resumed["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(original["optimizer"]["param_groups"][0]["lr"])
     before = torch.load(first_update2, weights_only=True)["optimizer"]["state"][0]["step"]
     assert resumed["optimizer"]["state"][0]["step"] > before  # Adam's state was carried on
     # One curve, continued: the events after the checkpoint's step were purged and rewritten.
@@ -130,8 +132,8 @@ def test_resume_continues_global_step_schedule_and_curves(run, tmp_path):
     assert lrs[-1][1] == pytest.approx(2.5e-4 / 3, rel=1e-5)
 
     # A flag given again overrides the checkpoint's setting: extend the run by one update.
-    result = subprocess.run([sys.executable, TRAINER, "--resume", str(first_update3), "--total-timesteps", "256"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, TRAINER, "--resume", str(first_update3), "--total-timesteps", "256"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     extended = torch.load(checkpoints(tmp_path)[-1], weights_only=True)
     assert extended["global_step"] == 256 and extended["update"] == 4
@@ -139,8 +141,8 @@ def test_resume_continues_global_step_schedule_and_curves(run, tmp_path):
 
 def test_ctrl_c_saves_a_loadable_checkpoint(tmp_path, standin_rom):
     command = [sys.executable, TRAINER, "--rom-path", str(standin_rom), *TINY, "--total-timesteps", "100000"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
     deadline = time.time() + 90
     for line in process.stdout:  # progress lines end in newlines when stdout is not a terminal
         if line.startswith("update 1/") or time.time() > deadline:
@@ -163,8 +165,8 @@ def test_unusable_checkpoints_are_refused_in_one_line(run, tmp_path):
     result = subprocess.run([sys.executable, TRAINER, "--resume", str(tmp_path / "cut.pt")], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert_one_line_error(result, "cannot read checkpoint")
-    result = subprocess.run([sys.executable, TRAINER, "--resume", str(good), "--frame-stack", "2"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    command = [sys.executable, TRAINER, "--resume", str(good), "--frame-stack", "2"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert_one_line_error(result, "checkpoint observations are (4, 84, 84), this env gives (2, 84, 84)")
 
 
