@@ -560,13 +560,13 @@ if __name__ == "__main__":
     # Environments. Workers are forked with SIGINT ignored: Ctrl-C is the main process's to handle.
     backend, num_workers = choose_vectorization(args, physical_cores)
     vec_kwargs = {"num_workers": num_workers} if backend == "multiprocessing" else {}
-    vec_backend = dict(serial=pufferlib.vector.Serial, multiprocessing=pufferlib.vector.Multiprocessing)[backend]
+    backends = {"serial": pufferlib.vector.Serial, "multiprocessing": pufferlib.vector.Multiprocessing}
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         envs = pufferlib.vector.make(
             pokemon_env.make_env,
             env_kwargs=env_kwargs,
-            backend=vec_backend,
+            backend=backends[backend],
             num_envs=args.num_envs,
             **vec_kwargs,
         )
