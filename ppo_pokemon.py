@@ -59,7 +59,7 @@ class Args:
     rom_path: str = "roms/pokemon_red.gb"
     """the Game Boy ROM; roms/standin.gb is our own stand-in cartridge for a no-ROM demo"""
     init_state: Optional[str] = None
-    """a PyBoy save state to start every episode from (default: boot the ROM to the game start)"""
+    """a PyBoy save state to start every episode from; None: boot the ROM and play the intro"""
     frame_skip: int = 24
     """emulator frames per action"""
     max_steps: int = 4096
@@ -93,7 +93,7 @@ class Args:
     vec_backend: Literal["auto", "serial", "multiprocessing"] = "auto"
     """PufferLib backend; auto: serial on up to 3 physical cores, multiprocessing above"""
     num_workers: Optional[int] = None
-    """multiprocessing worker processes (default: the largest divisor of num_envs <= cores)"""
+    """multiprocessing worker processes; None: the largest divisor of num_envs up to the cores"""
 
     # PPO
     total_timesteps: int = 500_000
@@ -105,7 +105,7 @@ class Args:
     batch_size: int = 2048
     """env steps per update (used when --num-steps is not given)"""
     num_steps: Optional[int] = None
-    """steps per env per rollout (default: batch_size / num_envs; overrides batch_size)"""
+    """steps per env per rollout, overriding --batch-size; None: batch_size / num_envs"""
     minibatch_size: int = 256
     """samples per gradient step"""
     anneal_lr: bool = True
@@ -136,14 +136,14 @@ class Args:
     """save a checkpoint every this many updates (and at the end)"""
     eval_interval: int = 50
     """evaluate the current policy every this many updates"""
-    eval_episodes: int = 2
-    """episodes per evaluation, in a separate env; 0 disables evaluation"""
+    eval_episodes: int = 1
+    """episodes per evaluation, in a separate env (kept cheap: one by default); 0 disables it"""
     eval_max_steps: Optional[int] = None
-    """episode length limit during evaluation (default: --max-steps)"""
+    """episode length limit during evaluation; None: --max-steps"""
     heatmap_interval: int = 10
     """log the exploration heatmap every this many updates"""
     resume: Optional[str] = None
-    """continue a run from this checkpoint (its settings, unless given again on the command line)"""
+    """continue a run from this checkpoint, with its settings except flags given again here"""
 
 
 def env_kwargs_from_args(args: Args) -> dict:
