@@ -603,7 +603,7 @@ if __name__ == "__main__":
         rows = "".join(f"\n| {name} | {value} |" for name, value in vars(args).items())
         writer.add_text("hyperparameters", "| argument | value |\n|---|---|" + rows)
     checkpoint_dir = os.path.join("checkpoints", run_name)
-    workers = f", {num_workers} workers" if num_workers else ""
+    workers = f", workers: {num_workers}" if num_workers else ""
     print(f"run {run_name}: {args.num_envs} envs ({backend}{workers}), {num_iterations} updates of "
           f"{args.batch_size} steps, {device}, {sum(p.numel() for p in agent.parameters()):,} parameters")
 

@@ -179,3 +179,15 @@ def test_bad_arguments_are_refused_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert_one_line_error(result, "is not a Game Boy ROM")  # the environment's own error, passed on
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_multiprocessing_backend_delivers_episode_infos(tmp_path):
+    """PufferLib's Multiprocessing passes infos through pipes from its workers: they must arrive too."""
+    result = train(tmp_path, "--vec-backend", "multiprocessing", "--num-workers", "1", "--total-timesteps", "128",
+                   "--eval-episodes", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 envs (multiprocessing, workers: 1)" in result.stdout
+    accumulator = events(tmp_path)
+    assert scalars(accumulator, "episode/count") == [(128, 2.0)]  # both envs' 40-step episodes ended
+    assert scalars(accumulator, "episode/mean_length") == [(128, 40.0)]
+    assert "episode/exploration_heatmap" in accumulator.Tags()["images"]
