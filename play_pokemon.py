@@ -76,7 +76,7 @@ class Args:
     rom_path: Optional[str] = None
     """play on this ROM (default: the checkpoint's)"""
     init_state: Optional[str] = None
-    """start every episode from this PyBoy save state (default: the checkpoint's; None: boot the ROM)"""
+    """start every episode from this PyBoy save state (default: the checkpoint's; 'boot': from power-on)"""
     max_steps: Optional[int] = None
     """episode length limit in agent steps (default: the checkpoint's)"""
     cuda: bool = False
@@ -150,7 +150,7 @@ def env_settings(checkpoint: dict, args: Args) -> dict:
     if args.rom_path is not None:
         env_kwargs["rom_path"] = args.rom_path
     if args.init_state is not None:
-        env_kwargs["init_state"] = None if args.init_state == "None" else args.init_state
+        env_kwargs["init_state"] = None if args.init_state == "boot" else args.init_state
     if args.max_steps is not None:
         env_kwargs["max_steps"] = args.max_steps
     rom_path = env_kwargs.get("rom_path")
@@ -159,7 +159,7 @@ def env_settings(checkpoint: dict, args: Args) -> dict:
         raise PlayError(f"ROM not found: {rom_path}{origin}")
     init_state = env_kwargs.get("init_state")
     if init_state is not None and not os.path.isfile(init_state):
-        origin = "" if args.init_state is not None else " (the checkpoint's; give --init-state, or --init-state None)"
+        origin = "" if args.init_state is not None else " (the checkpoint's; give --init-state, or --init-state boot)"
         raise PlayError(f"init state not found: {init_state}{origin}")
     return env_kwargs
 

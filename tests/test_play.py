@@ -90,9 +90,11 @@ def played(trained, tmp_path_factory):
                 cwd, {}),
         "other_seed": ([PLAYER, "--episodes", "1", "--max-steps", str(MAX_STEPS), "--seed", "100",
                         "--json", "other_seed.json"], cwd, {}),
-        # In a window, at the default real-time speed: 4 steps of 12 frames take 0.8 s at least.
-        "render": ([PLAYER, "--checkpoint", str(checkpoint), "--render", "--greedy", "--max-steps", "4",
+        # In a window, at the default real-time speed: 8 steps of 12 frames take 1.6 s at least.
+        "render": ([PLAYER, "--checkpoint", str(checkpoint), "--render", "--greedy", "--max-steps", "8",
                     "--json", "render.json"], cwd, {"SDL_VIDEODRIVER": "dummy"}),
+        "headless_greedy": ([PLAYER, "--checkpoint", str(checkpoint), "--greedy", "--max-steps", "8",
+                             "--json", "headless_greedy.json"], cwd, {}),
         "other_rom": ([PLAYER, "--rom-path", str(other_rom), "--max-steps", "4"], cwd, {}),
     })  # fmt: skip
     return cwd, results
@@ -194,8 +196,29 @@ def test_render_in_a_window_in_real_time(played):
     assert "greedy actions" in result.stdout and "episode 1/1: " in result.stdout
     assert result.stderr == ""
     report = read_json(cwd, "render.json")
-    assert report["greedy"] is True and report["episodes"][0]["episode_length"] == 4
-    assert report["seconds"] >= 0.9 * 4 * FRAME_SKIP / 60  # never faster than the Game Boy
+    assert report["greedy"] is True and report["episodes"][0]["episode_length"] == 8
+    assert report["seconds"] >= 0.9 * 8 * FRAME_SKIP / 60  # never faster than the Game Boy
+    # What the window shows is what a headless evaluation measures.
+    assert_ok(results["headless_greedy"])
+    assert report["episodes"] == read_json(cwd, "headless_greedy.json")["episodes"]
+
+
+def test_finds_the_newest_checkpoint(tmp_path):
+    from play_pokemon import PlayError, find_checkpoint
+
+    for age, name in enumerate(["run_b/checkpoint_update000002.pt", "run_a/checkpoint_update000001.pt",
+                                "run_a/checkpoint_update000003.pt.tmp99"]):
+        path = tmp_path / "checkpoints" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        os.utime(path, (1_000_000 - age * 1000, 1_000_000 - age * 1000))  # the first is the newest .pt
+    os.utime(tmp_path / "checkpoints" / "run_a" / "checkpoint_update000003.pt.tmp99", (2_000_000, 2_000_000))
+    newest = str(tmp_path / "checkpoints" / "run_b" / "checkpoint_update000002.pt")
+    assert find_checkpoint(str(tmp_path / "checkpoints")) == newest
+    assert find_checkpoint("given.pt") == "given.pt"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PlayError, match="no checkpoint found"):
+        find_checkpoint(str(tmp_path / "empty"))
 
 
 def test_other_rom_warns_in_one_line(played):
@@ -274,7 +297,44 @@ def bad_inputs(trained, tmp_path_factory):
     mismatch = {**saved, "env_kwargs": {**saved["env_kwargs"], "rom_path": str(cwd / "roms" / "standin.gb"),
                                         "obs_height": 84}}
     torch.save(mismatch, bad / "mismatch.pt")
+    # Trained from a start state that is not here any more.
+    gone_state = {**saved, "env_kwargs": {**saved["env_kwargs"], "init_state": "states/gone.state"}}
+    torch.save(gone_state, bad / "gone_state.pt")
     return cwd, checkpoint, bad
+
+
+def main_in_process(argv, monkeypatch, where):
+    """play_pokemon.main(argv) run from `where`; the exit status (0 when it returns)."""
+    import play_pokemon
+
+    monkeypatch.chdir(where)
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    try:
+        play_pokemon.main([str(arg) for arg in argv])
+        return 0
+    except SystemExit as exit_info:
+        return exit_info.code
+    finally:  # main() sets them for the whole process
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+
+
+def test_init_state_overrides(bad_inputs, start_state_file, monkeypatch, capsys):
+    """A checkpoint whose start state is gone: refused with a hint; plays from another one, or from power-on."""
+    cwd, _, bad = bad_inputs
+    status = main_in_process(["--checkpoint", bad / "gone_state.pt"], monkeypatch, cwd)
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        "play_pokemon.py: error: init state not found: states/gone.state (the checkpoint's; give "
+        "--init-state, or --init-state boot)"
+    )
+    for init_state in (start_state_file, "boot"):
+        argv = ["--checkpoint", bad / "gone_state.pt", "--init-state", init_state, "--max-steps", "3",
+                "--json", bad / "state.json"]
+        assert main_in_process(argv, monkeypatch, cwd) == 0
+        assert "episode 1/1: " in capsys.readouterr().out
+        played_from = json.loads((bad / "state.json").read_text())["env_kwargs"]["init_state"]
+        assert played_from == (None if init_state == "boot" else str(init_state))
 
 
 def test_refusal_from_the_command_line(bad_inputs):
@@ -310,19 +370,9 @@ def test_refusal_from_the_command_line(bad_inputs):
 ])  # fmt: skip
 def test_refuses_in_one_line(bad_inputs, monkeypatch, capsys, case, argv, where, message):
     """In this process, through main(): the same code path as the command line, at a fraction of the cost."""
-    import play_pokemon
-
     cwd, checkpoint, bad = bad_inputs
-    monkeypatch.chdir(bad / "empty" if where == "empty" else cwd)
     argv = [arg.format(bad=bad, checkpoint=checkpoint) for arg in argv]
-    threads, rng = torch.get_num_threads(), torch.get_rng_state()
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            play_pokemon.main(argv)
-    finally:  # main() sets them for the whole process
-        torch.set_num_threads(threads)
-        torch.set_rng_state(rng)
-    assert exit_info.value.code == 2
+    assert main_in_process(argv, monkeypatch, bad / "empty" if where == "empty" else cwd) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("play_pokemon.py: error: "), lines
     assert message in lines[0]
