@@ -11,7 +11,9 @@ import pytest
 from pyboy import PyBoy
 
 import pokemon_env
-from pokemon_env import ACTIONS, IntroError, MAP_ID, X_COORD, Y_COORD, PokemonRedEnv, drive_intro, player_in_control
+from pokemon_env import (
+    ACTIONS, MAP_ID, X_COORD, Y_COORD, IntroError, PokemonRedEnv, drive_intro, player_in_control,
+)
 
 START = (0x26, 3, 6)  # Red's room, x 3, y 6
 EPISODE_KEYS = {
@@ -58,7 +60,9 @@ def test_newest_frame_is_last_and_older_frames_shift(standin_env):
 
 @pytest.mark.parametrize("grayscale", [True, False])
 def test_observation_size_stack_and_color_options(standin_env, grayscale):
-    env = standin_env(obs_height=72, obs_width=80, frame_stack=3, grayscale=grayscale, render_mode="rgb_array")
+    env = standin_env(
+        obs_height=72, obs_width=80, frame_stack=3, grayscale=grayscale, render_mode="rgb_array"
+    )
     obs, _ = env.reset(seed=0)
     channels = 1 if grayscale else 3
     assert obs.shape == (3 * channels, 72, 80) and obs in env.observation_space

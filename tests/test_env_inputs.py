@@ -120,7 +120,8 @@ def test_garbage_init_state_is_refused(standin_env, start_state_file, tmp_path, 
 
 
 def test_state_of_another_rom_is_refused(standin_env, tmp_path):
-    other = PyBoy(io.BytesIO(build_rom(b"OTHERGAME")), window="null", sound_emulated=False, cgb=False, log_level="ERROR")
+    rom = io.BytesIO(build_rom(b"OTHERGAME"))
+    other = PyBoy(rom, window="null", sound_emulated=False, cgb=False, log_level="ERROR")
     other.tick(300, False)  # past the boot ROM, RAM filled
     path = tmp_path / "other_game.state"
     with open(path, "wb") as f:

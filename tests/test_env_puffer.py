@@ -42,7 +42,9 @@ def test_vectorised_episodes_deliver_their_infos(standin_rom, start_state_file, 
 
 
 def test_make_env_passes_keyword_arguments(standin_rom, start_state_file):
-    env = make_env(rom_path=standin_rom, init_state=start_state_file, frame_stack=2, obs_height=72, obs_width=80)
+    env = make_env(
+        rom_path=standin_rom, init_state=start_state_file, frame_stack=2, obs_height=72, obs_width=80
+    )
     try:
         obs, info = env.reset(seed=0)
         assert obs.shape == (2, 72, 80) and info == {}
