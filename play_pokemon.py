@@ -172,13 +172,13 @@ def make_env(env_kwargs: dict, render: bool) -> "pokemon_env.PokemonRedEnv":
             env = pokemon_env.PokemonRedEnv(**env_kwargs, render_mode="human" if render else None)
         except (pokemon_env.RomError, pokemon_env.StateError, pokemon_env.IntroError) as e:
             raise PlayError(str(e)) from None
-        except TypeError as e:  # a setting this pokemon_env.py does not know
+        except (TypeError, ValueError) as e:  # a setting this pokemon_env.py does not know or accept
             raise PlayError(f"the checkpoint's environment settings do not fit pokemon_env.py: {e}") from None
-        except Exception as e:  # PyBoy's window, mostly
-            what = "cannot open the Game Boy window" if render else "cannot start the emulator"
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            hint = " (no display? set SDL_VIDEODRIVER, or play without --render)" if render else ""
-            raise PlayError(f"{what}: {reason}{hint}") from None
+        except Exception as e:
+            if not render:
+                raise
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]  # SDL's, in PyBoy's window
+            raise PlayError(f"cannot open the Game Boy window: {reason} (no display? play without --render)") from None
     for warning in caught:
         if issubclass(warning.category, pokemon_env.UnknownRomWarning):
             warn(str(warning.message))
