@@ -349,6 +349,20 @@ def test_refusal_from_the_command_line(bad_inputs):
     ]
 
 
+def test_unknown_rom_warns_in_one_line(bad_inputs, monkeypatch, capsys):
+    """A Game Boy ROM that is neither Pokemon Red nor the stand-in: pokemon_env's warning, in one line."""
+    cwd, checkpoint, bad = bad_inputs
+    rom = bytearray((cwd / "roms" / "standin.gb").read_bytes())
+    rom[0x134:0x13B] = b"UNKNOWN"  # another title, with the header checksum to match
+    rom[0x14D] = -sum(byte + 1 for byte in rom[0x134:0x14D]) & 0xFF
+    (bad / "unknown.gb").write_bytes(bytes(rom))
+    argv = ["--checkpoint", checkpoint, "--rom-path", bad / "unknown.gb", "--max-steps", "2"]
+    assert main_in_process(argv, monkeypatch, cwd) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("play_pokemon.py: warning: ") for line in lines), lines
+    assert "is not Pokemon Red or Blue" in lines[0] and "trained on standin.gb" in lines[1]
+
+
 @pytest.mark.parametrize("case, argv, where, message", [
     ("no_checkpoint", [], "empty", "no checkpoint found"),
     ("missing_file", ["--checkpoint", "nowhere.pt"], "trained", "checkpoint not found: nowhere.pt"),
