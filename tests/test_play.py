@@ -1,7 +1,9 @@
-"""Subprocess runs of play_pokemon.py on the stand-in cartridge, from a checkpoint of a tiny training run.
+"""play_pokemon.py on the stand-in cartridge, from the checkpoint of a tiny training run.
 
-The runs are independent, so each fixture starts its batch of them concurrently (the machine's
-cores are the limit) and the tests read the results.
+The successful runs are subprocesses, as a user runs the script; being independent, they start
+together (as many at a time as there are cores) and the tests read their results. Most refusals
+call main() in this process (the same code path, without a fresh interpreter each); one runs as a
+subprocess to check the exit status and a clean stderr.
 """
 import json
 import os
@@ -74,7 +76,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def played(trained, tmp_path_factory):
+def played(trained):
     """The successful runs, played concurrently."""
     cwd, checkpoint = trained
     other_rom = cwd / "roms" / "standin_other.gb"
@@ -88,6 +90,7 @@ def played(trained, tmp_path_factory):
         # A folder as --checkpoint: its newest .pt. The same seed as "gif".
         "mp4": ([PLAYER, *common, "--checkpoint", "checkpoints", "--json", "mp4.json", "--record", "agent.mp4"],
                 cwd, {}),
+        # Another seed: other sampled actions.
         "other_seed": ([PLAYER, "--episodes", "1", "--max-steps", str(MAX_STEPS), "--seed", "100",
                         "--json", "other_seed.json"], cwd, {}),
         # In a window, at the default real-time speed: 8 steps of 12 frames take 1.6 s at least.
@@ -144,7 +147,8 @@ def test_json_holds_the_documented_keys(played):
     assert report["env_kwargs"]["max_steps"] == MAX_STEPS
     assert report["rom_sha1"] == report["trained_rom_sha1"]
     assert report["greedy"] is False and report["interrupted"] is False
-    assert report["recording"] == {"path": "out/agent.gif", "fps": 1000 / FRAME_MS, "frames": EPISODES * (MAX_STEPS + 1)}
+    frames = EPISODES * (MAX_STEPS + 1)
+    assert report["recording"] == {"path": "out/agent.gif", "fps": 1000 / FRAME_MS, "frames": frames}
 
 
 def test_gif_has_every_step_at_full_resolution(played):
@@ -157,7 +161,7 @@ def test_gif_has_every_step_at_full_resolution(played):
         for index in range(gif.n_frames):
             gif.seek(index)
             durations.append(gif.info["duration"])
-    # Pillow stores an unchanged screen as one longer frame: count the frames by their duration.
+    # An unchanged screen is stored as one longer frame: count the frames by their duration.
     assert 1 < len(durations) <= expected_frames
     assert all(duration % FRAME_MS == 0 for duration in durations)
     assert sum(durations) == expected_frames * FRAME_MS
@@ -206,13 +210,13 @@ def test_render_in_a_window_in_real_time(played):
 def test_finds_the_newest_checkpoint(tmp_path):
     from play_pokemon import PlayError, find_checkpoint
 
-    for age, name in enumerate(["run_b/checkpoint_update000002.pt", "run_a/checkpoint_update000001.pt",
-                                "run_a/checkpoint_update000003.pt.tmp99"]):
+    # By modification time, not by name; a half-written temporary file is no checkpoint.
+    for name, mtime in [("run_b/checkpoint_update000002.pt", 1_000_000), ("run_a/checkpoint_update000001.pt", 900_000),
+                        ("run_a/checkpoint_update000003.pt.tmp99", 2_000_000)]:
         path = tmp_path / "checkpoints" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-        os.utime(path, (1_000_000 - age * 1000, 1_000_000 - age * 1000))  # the first is the newest .pt
-    os.utime(tmp_path / "checkpoints" / "run_a" / "checkpoint_update000003.pt.tmp99", (2_000_000, 2_000_000))
+        os.utime(path, (mtime, mtime))
     newest = str(tmp_path / "checkpoints" / "run_b" / "checkpoint_update000002.pt")
     assert find_checkpoint(str(tmp_path / "checkpoints")) == newest
     assert find_checkpoint("given.pt") == "given.pt"
