@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import cv2
 import gymnasium
 import numpy as np
 import pufferlib.emulation
+import pufferlib.vector
 from pyboy import PyBoy
 from pyboy.plugins.game_wrapper_pokemon_gen1_constants import (
     CURRENT_OPPONENT_ADDRESS,
@@ -508,3 +510,17 @@ class PokemonRedEnv(gymnasium.Env):
 def make_env(**env_kwargs):
     """PufferLib creator: `pufferlib.vector.make(make_env, env_kwargs=..., backend=...)`."""
     return pufferlib.emulation.GymnasiumPufferEnv(env=PokemonRedEnv(**env_kwargs))
+
+
+class Multiprocessing(pufferlib.vector.Multiprocessing):
+    """PufferLib's Multiprocessing backend, except that the main process sleeps while workers step.
+
+    PufferLib's recv() spins until the workers are done. With as many workers as cores, that spin
+    takes a core from a worker (benchmarks/README.md has the figures). Sleeping in short naps
+    until every worker has finished gives the core back; PufferLib's recv() then finds them done.
+    """
+
+    def recv(self):
+        while (self.buf.semaphores < pufferlib.vector.MAIN).any():
+            time.sleep(0.0001)
+        return super().recv()

@@ -560,7 +560,7 @@ if __name__ == "__main__":
     # Environments. Workers are forked with SIGINT ignored: Ctrl-C is the main process's to handle.
     backend, num_workers = choose_vectorization(args, physical_cores)
     vec_kwargs = {"num_workers": num_workers} if backend == "multiprocessing" else {}
-    backends = {"serial": pufferlib.vector.Serial, "multiprocessing": pufferlib.vector.Multiprocessing}
+    backends = {"serial": pufferlib.vector.Serial, "multiprocessing": pokemon_env.Multiprocessing}
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         envs = pufferlib.vector.make(

@@ -38,7 +38,10 @@ import pokemon_env  # noqa: E402
 import ppo_pokemon  # noqa: E402
 
 ROM = os.path.join(ROOT, "roms", "standin.gb")
-BACKENDS = {"serial": pufferlib.vector.Serial, "multiprocessing": pufferlib.vector.Multiprocessing}
+# "multiprocessing" is ours (the main process sleeps while workers step), as the trainer uses it;
+# "pufferlib-multiprocessing" is PufferLib's own, whose main process spins.
+BACKENDS = {"serial": pufferlib.vector.Serial, "multiprocessing": pokemon_env.Multiprocessing,
+            "pufferlib-multiprocessing": pufferlib.vector.Multiprocessing}
 
 
 def machine() -> dict:
@@ -79,7 +82,7 @@ def env_steps_per_second(env, steps: int) -> float:
 
 def vector_steps_per_second(backend: str, num_envs: int, num_workers, steps: int, agent=None) -> dict:
     """(3) Collection through pufferlib.vector, with random actions or the policy in the loop."""
-    kwargs = {"num_workers": num_workers} if backend == "multiprocessing" else {}
+    kwargs = {"num_workers": num_workers} if num_workers else {}
     envs = pufferlib.vector.make(pokemon_env.make_env, env_kwargs={"rom_path": ROM},
                                  backend=BACKENDS[backend], num_envs=num_envs, **kwargs)
     obs, _ = envs.reset(seed=0)
@@ -190,9 +193,9 @@ def main():
 
     # (3) Vectorised collection.
     agent = ppo_pokemon.Agent((4, 84, 84))
-    configs = [("serial", 4, None), ("multiprocessing", 4, 2)]
+    configs = [("serial", 4, None), ("multiprocessing", 4, 2), ("pufferlib-multiprocessing", 4, 2)]
     if not options.quick:
-        configs += [("serial", 8, None), ("multiprocessing", 8, 2), ("multiprocessing", 4, 1)]
+        configs += [("serial", 8, None), ("multiprocessing", 8, 2), ("multiprocessing", 2, 2)]
     results["vector"] = []
     for backend, num_envs, num_workers in configs:
         for policy in (None, agent):
