@@ -123,8 +123,9 @@ def check_args(args: Args) -> Optional[str]:
         extension = os.path.splitext(args.record)[1].lower()
         if extension not in (".gif", ".mp4"):
             return f"--record must end in .gif or .mp4 (got {args.record!r})"
-        if args.record_fps is not None and not 0 < args.record_fps <= (GIF_MAX_FPS if extension == ".gif" else 240):
-            return f"--record-fps must be in (0, {GIF_MAX_FPS}] for a GIF, (0, 240] for an MP4 (got {args.record_fps})"
+        max_fps = GIF_MAX_FPS if extension == ".gif" else 240
+        if args.record_fps is not None and not 0 < args.record_fps <= max_fps:
+            return f"--record-fps must be in (0, {max_fps}] for a {extension} (got {args.record_fps})"
     if args.json is not None and os.path.isdir(args.json):
         return f"--json {args.json} is a folder; give a file name"
     return None
@@ -135,7 +136,8 @@ def find_checkpoint(where: Optional[str]) -> str:
     if where is not None and not os.path.isdir(where):
         return where  # load_checkpoint says if it is missing
     folder = where if where is not None else "checkpoints"
-    candidates = [p for p in glob.glob(os.path.join(folder, "**", "*.pt"), recursive=True) if os.path.isfile(p)]
+    pattern = os.path.join(folder, "**", "*.pt")
+    candidates = [path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path)]
     if not candidates:
         hint = "" if where is not None else " (train one with ppo_pokemon.py, or give --checkpoint PATH)"
         raise PlayError(f"no checkpoint found: no *.pt under {folder}/{hint}")
@@ -159,7 +161,8 @@ def env_settings(checkpoint: dict, args: Args) -> dict:
         raise PlayError(f"ROM not found: {rom_path}{origin}")
     init_state = env_kwargs.get("init_state")
     if init_state is not None and not os.path.isfile(init_state):
-        origin = "" if args.init_state is not None else " (the checkpoint's; give --init-state, or --init-state boot)"
+        origin = "" if args.init_state is not None else (
+            " (the checkpoint's; give --init-state PATH, or --init-state boot to start from power-on)")
         raise PlayError(f"init state not found: {init_state}{origin}")
     return env_kwargs
 
@@ -178,7 +181,7 @@ def make_env(env_kwargs: dict, render: bool) -> "pokemon_env.PokemonRedEnv":
             if not render:
                 raise
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]  # SDL's, in PyBoy's window
-            raise PlayError(f"cannot open the Game Boy window: {reason} (no display? play without --render)") from None
+            raise PlayError(f"cannot open the Game Boy window: {reason} (no display?)") from None
     for warning in caught:
         if issubclass(warning.category, pokemon_env.UnknownRomWarning):
             warn(str(warning.message))
@@ -198,7 +201,8 @@ def build_agent(checkpoint: dict, obs_shape: tuple, num_actions: int, device) ->
     try:
         agent.load_state_dict(checkpoint["model"])
     except (RuntimeError, KeyError, TypeError) as e:
-        raise PlayError(f"checkpoint does not fit the agent: {(str(e).strip().splitlines() or [''])[0][:160]}") from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise PlayError(f"checkpoint does not fit the agent: {reason}") from None
     return agent.to(device).eval()
 
 
@@ -348,7 +352,8 @@ def summary_table(summary: dict) -> str:
     for key, label, fmt in METRICS:
         stats = summary[key]
         if fmt == "d":  # whole numbers: whole min and max, two decimals for the mean and std
-            rows.append([label, f"{stats['mean']:.2f}", f"{stats['std']:.2f}", f"{stats['min']:.0f}", f"{stats['max']:.0f}"])
+            rows.append([label, f"{stats['mean']:.2f}", f"{stats['std']:.2f}",
+                         f"{stats['min']:.0f}", f"{stats['max']:.0f}"])
         else:
             rows.append([label] + [format(stats[s], fmt) for s in ("mean", "std", "min", "max")])
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
@@ -396,7 +401,8 @@ def main(argv=None):
     try:
         env = make_env(env_kwargs, args.render)
         try:
-            agent = build_agent(checkpoint, tuple(env.observation_space.shape), int(env.action_space.n), device)
+            obs_shape, num_actions = tuple(env.observation_space.shape), int(env.action_space.n)
+            agent = build_agent(checkpoint, obs_shape, num_actions, device)
         except PlayError:
             env.close()
             raise

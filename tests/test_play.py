@@ -88,8 +88,8 @@ def played(trained):
         # No --checkpoint: the newest under checkpoints/.
         "gif": ([PLAYER, *common, "--json", "gif.json", "--record", "out/agent.gif"], cwd, {}),
         # A folder as --checkpoint: its newest .pt. The same seed as "gif".
-        "mp4": ([PLAYER, *common, "--checkpoint", "checkpoints", "--json", "mp4.json", "--record", "agent.mp4"],
-                cwd, {}),
+        "mp4": ([PLAYER, *common, "--checkpoint", "checkpoints", "--json", "mp4.json",
+                 "--record", "agent.mp4"], cwd, {}),
         # Another seed: other sampled actions.
         "other_seed": ([PLAYER, "--episodes", "1", "--max-steps", str(MAX_STEPS), "--seed", "100",
                         "--json", "other_seed.json"], cwd, {}),
@@ -211,7 +211,8 @@ def test_finds_the_newest_checkpoint(tmp_path):
     from play_pokemon import PlayError, find_checkpoint
 
     # By modification time, not by name; a half-written temporary file is no checkpoint.
-    for name, mtime in [("run_b/checkpoint_update000002.pt", 1_000_000), ("run_a/checkpoint_update000001.pt", 900_000),
+    for name, mtime in [("run_b/checkpoint_update000002.pt", 1_000_000),
+                        ("run_a/checkpoint_update000001.pt", 900_000),
                         ("run_a/checkpoint_update000003.pt.tmp99", 2_000_000)]:
         path = tmp_path / "checkpoints" / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,8 +265,9 @@ def test_gif_holds_exactly_the_screens(standin_env, tmp_path):
 def test_ctrl_c_keeps_what_was_played(trained, tmp_path):
     """Ctrl-C: exit 130, the finished episodes reported and written, the recording so far readable."""
     cwd, checkpoint = trained
-    command = [sys.executable, PLAYER, "--checkpoint", str(checkpoint), "--episodes", "1000", "--max-steps", "20",
-               "--json", str(tmp_path / "stopped.json"), "--record", str(tmp_path / "stopped.gif")]
+    command = [sys.executable, PLAYER, "--checkpoint", str(checkpoint), "--episodes", "1000",
+               "--max-steps", "20", "--json", str(tmp_path / "stopped.json"),
+               "--record", str(tmp_path / "stopped.gif")]
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in process.stdout:
@@ -324,13 +326,13 @@ def main_in_process(argv, monkeypatch, where):
 
 
 def test_init_state_overrides(bad_inputs, start_state_file, monkeypatch, capsys):
-    """A checkpoint whose start state is gone: refused with a hint; plays from another one, or from power-on."""
+    """A checkpoint whose start state is gone: refused with a hint; plays from another, or from power-on."""
     cwd, _, bad = bad_inputs
     status = main_in_process(["--checkpoint", bad / "gone_state.pt"], monkeypatch, cwd)
     assert status == 2
     assert capsys.readouterr().err.strip() == (
         "play_pokemon.py: error: init state not found: states/gone.state (the checkpoint's; give "
-        "--init-state, or --init-state boot)"
+        "--init-state PATH, or --init-state boot to start from power-on)"
     )
     for init_state in (start_state_file, "boot"):
         argv = ["--checkpoint", bad / "gone_state.pt", "--init-state", init_state, "--max-steps", "3",
