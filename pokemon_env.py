@@ -19,12 +19,16 @@ import time
 import warnings
 from pathlib import Path
 
+# PufferLib first: it hides the import notice of the unmaintained gym package it depends on.
+import pufferlib.emulation
+import pufferlib.vector
+
 import cv2
 import gymnasium
 import numpy as np
-import pufferlib.emulation
-import pufferlib.vector
-from pyboy import PyBoy
+
+warnings.filterwarnings("ignore", message="Using SDL2 binaries")  # PyBoy's import-time notice
+from pyboy import PyBoy  # noqa: E402
 from pyboy.plugins.game_wrapper_pokemon_gen1_constants import (
     CURRENT_OPPONENT_ADDRESS,
     EVENT_FLAGS_ADDRESS,
