@@ -87,6 +87,8 @@ def vector_steps_per_second(backend: str, num_envs: int, num_workers, steps: int
                                  backend=BACKENDS[backend], num_envs=num_envs, **kwargs)
     obs, _ = envs.reset(seed=0)
     rng = np.random.default_rng(0)
+    learner_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trainer's rollout: more threads only spin on the emulators' cores
     stored = np.zeros((steps, *obs.shape), np.uint8)  # the trainer copies observations out too
     start = time.perf_counter()
     for step in range(steps):
@@ -98,6 +100,7 @@ def vector_steps_per_second(backend: str, num_envs: int, num_workers, steps: int
                 actions = agent.get_action_and_value(torch.as_tensor(obs))[0].numpy()
         obs, *_ = envs.step(actions)
     seconds = time.perf_counter() - start
+    torch.set_num_threads(learner_threads)
     # USS: the memory a worker holds on its own, not the pages it shares with its forked parent.
     workers = [p.memory_full_info() for p in psutil.Process().children()]
     envs.close()
