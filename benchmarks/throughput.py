@@ -102,7 +102,7 @@ def vector_steps_per_second(backend: str, num_envs: int, num_workers, steps: int
     seconds = time.perf_counter() - start
     torch.set_num_threads(learner_threads)
     # USS: the memory a worker holds on its own, not the pages it shares with its forked parent.
-    workers = [p.memory_full_info() for p in psutil.Process().children()]
+    workers = [psutil.Process(p.pid).memory_full_info() for p in getattr(envs, "processes", [])]
     envs.close()
     return {"steps_per_second": steps * num_envs / seconds,
             "worker_rss_mb": [w.rss / 2**20 for w in workers], "worker_uss_mb": [w.uss / 2**20 for w in workers]}
@@ -245,14 +245,16 @@ def report(results: dict, default_backend: str) -> str:
     rows = []
     for run in results["vector"]:
         workers = run["num_workers"] or "-"
-        rss = max(run["worker_rss_mb"], default=0)
+        memory = (f"{max(run['worker_uss_mb']):.0f} / {max(run['worker_rss_mb']):.0f}"
+                  if run["worker_rss_mb"] else "-")
         rows.append([run["backend"] + (" (default)" if run["backend"] == default_backend else ""), run["num_envs"],
                      workers, "policy" if run["policy"] else "random", f"{run['steps_per_second']:,.0f}",
-                     f"{run['efficiency']:.0%}", f"{rss:.0f}" if rss else "-"])
+                     f"{run['efficiency']:.0%}", memory])
     out.append("(3) vectorised collection; efficiency = steps/s / (physical cores x (1)); target >= 85% "
                "for the default backend with random actions")
     out.append("")
-    out.append(table(["backend", "envs", "workers", "actions", "steps/s", "efficiency", "worker RSS MB"], rows))
+    out.append(table(["backend", "envs", "workers", "actions", "steps/s", "efficiency",
+                     "worker USS / RSS MB (target USS <= 150)"], rows))
     out.append("")
     ppo, bare = results["learner_ppo_samples_per_second"], results["learner_bare_samples_per_second"]
     trainer = results["trainer"]
