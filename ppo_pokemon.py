@@ -281,9 +281,9 @@ def ppo_loss(newlogprob, entropy, newvalue, logprobs, advantages, returns, value
 def choose_vectorization(args: Args, physical_cores: int):
     """(backend name, num_workers or None). Keep it simple; benchmarks/README.md has the figures.
 
-    PufferLib's Multiprocessing workers and main process busy-wait: on 2 cores it measured slower
-    than Serial (about 490 vs 590 steps/s), so Serial is the default there. With 4 or more physical
-    cores each worker gets a core of its own and the emulators run in parallel.
+    PufferLib's Multiprocessing workers busy-wait between steps: on 2 cores, with the policy in the
+    loop, it collected 397 steps/s against Serial's 669, so Serial is the default there. With 4 or
+    more physical cores each worker and the main process get a core of their own.
     """
     backend = args.vec_backend
     if backend == "auto":
