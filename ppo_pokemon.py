@@ -332,7 +332,8 @@ def check_args(args: Args, physical_cores: int) -> Optional[str]:
         if num_workers > physical_cores:
             return f"--num-workers ({num_workers}) exceeds the {physical_cores} physical cores"
     if not os.path.isfile(args.rom_path):
-        return f"ROM not found: {args.rom_path} (bring your own, or try --rom-path roms/standin.gb)"
+        return (f"ROM not found: {args.rom_path}: put your own legally obtained Pokemon Red there "
+                f"(SHA-1 {pokemon_env.RED_SHA1}), or try --rom-path roms/standin.gb")
     if args.init_state is not None and not os.path.isfile(args.init_state):
         return f"init state not found: {args.init_state}"
     return None
