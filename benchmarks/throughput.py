@@ -221,7 +221,7 @@ def main():
     results["trainer_bound_steps_per_second"] = 1 / seconds_per_step
     results["trainer_of_bound"] = trainer["steps_per_second"] * seconds_per_step
 
-    # (6) Memory: per multiprocessing worker (each holds its envs) and per env in one process.
+    # (6) Memory: per multiprocessing worker (each holds its envs), and this whole process with one env.
     results["env_rss_mb_in_process"] = rss_before / 2**20
 
     os.makedirs(os.path.dirname(options.json), exist_ok=True)
@@ -267,7 +267,7 @@ def report(results: dict, default_backend: str) -> str:
         ["(5) rollout / update per 2048-step batch", f"{trainer['rollout_seconds']:.1f} s / "
          f"{trainer['update_seconds']:.1f} s", "", ""],
         ["(6) trainer process peak RSS", f"{trainer['peak_rss_mb']:,.0f} MB", "", ""],
-        ["(6) one env in-process RSS", f"{results['env_rss_mb_in_process']:,.0f} MB", "", ""],
+        ["(6) benchmark process RSS (torch loaded, one env)", f"{results['env_rss_mb_in_process']:,.0f} MB", "", ""],
     ]))
     out.append("")
     out.append(f"(5) ran `{trainer['command']}`.")
