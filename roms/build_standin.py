@@ -533,7 +533,8 @@ RAM = {
 LCDC_ON = 0b11110011  # LCD on, window at $9C00 and on, tiles at $8000, BG at $9800, 8x8 sprites on
 PAD = {"A": 0, "B": 1, "SELECT": 2, "START": 3, "RIGHT": 4, "LEFT": 5, "UP": 6, "DOWN": 7}
 
-MAP_IDS = {"PALLET_TOWN": 0x00, "ROUTE_1": 0x0C, "REDS_HOUSE_2F": 0x26, "PEWTER_GYM": 0x36}
+MAP_IDS = {"PALLET_TOWN": 0x00, "ROUTE_1": 0x0C, "REDS_HOUSE_1F": 0x25, "REDS_HOUSE_2F": 0x26,
+           "PEWTER_GYM": 0x36}
 START_MAP, START_X, START_Y = "REDS_HOUSE_2F", 3, 6
 
 STARTER = {"id": 0xB0, "dex": 4, "name": "CHARMANDER", "level": 5, "hp": 20}
@@ -548,14 +549,16 @@ ENCOUNTER_RATE = 64  # out of 256 per step in grass
 BADGE_LEVEL = 15  # the leader battles only at or above this level (random agents reach about 5-10)
 RNG_SEED = 0x2A5B  # reset at NEW GAME, so the route after the intro does not depend on its timing
 
-# Event flags: event i is bit i%8 of wEventFlags + i//8.
-EVENTS = {"MOM": 16, "BEDROOM_PC": 17, "TOWN_SIGN": 24, "ROUTE_YOUNGSTER": 32, "BEAT_BROCK": 119}
+# Event flags: event i is bit i%8 of wEventFlags + i//8. As in the real game they mark progress
+# (a trainer met past the grass, the leader beaten), not chatting to MOM or reading signs.
+EVENTS = {"ROUTE_YOUNGSTER": 32, "BEAT_BROCK": 119}
 BEAT_BROCK_BYTE = RAM["wEventFlags"] + EVENTS["BEAT_BROCK"] // 8  # $D755, bit 7
 
 # =============================================================================================
 # Maps: one character per step. Every map fits on the screen (at most 10x9 steps), so a map is
 # drawn once, with the LCD off, when it loads. Warps: (x, y) -> (map, x, y). Talks: (x, y) ->
-# (event or None, text label); the leader's talk runs the gym script instead.
+# (event or None, text label): None shows the text and sets no flag; the leader's talk runs the
+# gym script instead.
 # =============================================================================================
 
 SOLID, GRASS, WARP, HEAL, TALK = 1, 2, 4, 8, 16
@@ -573,15 +576,28 @@ MAPS = {
     "REDS_HOUSE_2F": {
         "outdoor": False,
         "rows": ["########",
-                 "#P..N.S#",
+                 "#P....S#",
                  "#......#",
                  "#...tt.#",
                  "#......#",
                  "#......#",
                  "#H.....#",
                  "########"],
-        "warps": {(6, 1): ("PALLET_TOWN", 3, 4)},
-        "talks": {(1, 1): ("BEDROOM_PC", "TxtBedroomPC"), (4, 1): ("MOM", "TxtMom")},
+        "warps": {(6, 1): ("REDS_HOUSE_1F", 6, 2)},
+        "talks": {(1, 1): (None, "TxtBedroomPC")},
+    },
+    "REDS_HOUSE_1F": {  # downstairs: the stairs top right, the front door far away, bottom left
+        "outdoor": False,
+        "rows": ["########",
+                 "#.....S#",
+                 "#......#",
+                 "#..tt..#",
+                 "#..tt.N#",
+                 "#......#",
+                 "#......#",
+                 "##D#####"],
+        "warps": {(6, 1): ("REDS_HOUSE_2F", 6, 2), (2, 7): ("PALLET_TOWN", 3, 4)},
+        "talks": {(6, 4): (None, "TxtMom")},
     },
     "PALLET_TOWN": {
         "outdoor": True,
@@ -594,22 +610,22 @@ MAPS = {
                  "T,,,,,,,,T",
                  "TTTT~~TTTT"],
         "warps": {(4, 0): ("ROUTE_1", 2, 6), (5, 0): ("ROUTE_1", 3, 6),
-                  (3, 3): ("REDS_HOUSE_2F", 6, 2)},
-        "talks": {(6, 5): ("TOWN_SIGN", "TxtTownSign")},
+                  (3, 3): ("REDS_HOUSE_1F", 2, 6)},
+        "talks": {(6, 5): (None, "TxtTownSign")},
     },
-    "ROUTE_1": {
+    "ROUTE_1": {  # the youngster stands above the grass: meeting him means crossing it
         "outdoor": True,
         "rows": ["TRRRRT",
                  "TBDBBT",
+                 "T,,,NT",
+                 'T""""T',
+                 'T""""T',
                  "T,,,,T",
-                 'T""""T',
-                 'T""""T',
-                 "T,N,,T",
                  "T,,,,T",
                  "TTEETT"],
         "warps": {(2, 1): ("PEWTER_GYM", 3, 4), (2, 7): ("PALLET_TOWN", 4, 1),
                   (3, 7): ("PALLET_TOWN", 5, 1)},
-        "talks": {(2, 5): ("ROUTE_YOUNGSTER", "TxtYoungster")},
+        "talks": {(4, 2): ("ROUTE_YOUNGSTER", "TxtYoungster")},
     },
     "PEWTER_GYM": {
         "outdoor": False,
@@ -746,6 +762,8 @@ def build_data(tiles: dict) -> str:
         for (x, y), (event, label) in m["talks"].items():
             if label == "LEADER":
                 lines.append(f"    db {x}, {y}\n    dw wEventFlags\n    db 0\n    dw 0\n    db 1")
+            elif event is None:  # mask 0: the OR into the flags changes nothing
+                lines.append(f"    db {x}, {y}\n    dw wEventFlags\n    db 0\n    dw {label}\n    db 0")
             else:
                 byte, mask = event_address(event)
                 lines.append(f"    db {x}, {y}\n    dw ${byte:04X}\n    db ${mask:02X}\n    dw {label}\n    db 0")
@@ -1875,7 +1893,7 @@ Interact:                       ; A: read the sign or talk to the person the pla
     ld d, a
     ld a, [hl+]
     ld b, a
-    ld a, [de]                  ; set the event flag
+    ld a, [de]                  ; set the event flag (mask 0: none)
     or b
     ld [de], a
     ld a, [hl+]

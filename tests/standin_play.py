@@ -36,28 +36,39 @@ MENU_ITEM, MAX_MENU_ITEM, MENU_WATCHED_KEYS = 0xCC26, 0xCC28, 0xCC29
 TILE_MAP = 0xC3A0  # 20x18 tiles: tile(x, y) = TILE_MAP + 20 * y + x
 
 # Maps (the real game's ids) and places on them.
-PALLET_TOWN, ROUTE_1, REDS_HOUSE_2F, PEWTER_GYM = 0x00, 0x0C, 0x26, 0x36
+PALLET_TOWN, ROUTE_1, REDS_HOUSE_1F, REDS_HOUSE_2F, PEWTER_GYM = 0x00, 0x0C, 0x25, 0x26, 0x36
 START = (REDS_HOUSE_2F, 3, 6)  # (map, x, y) after the intro and after a blackout
 HEAL = (REDS_HOUSE_2F, 1, 6)  # the bed: stepping on it restores HP
 BADGE_LEVEL = 15  # the gym leader battles only at or above this level
 # Event flags set by talking (facing the cell and pressing A): name -> (event index, map, x, y).
+# Only progress sets a flag: the youngster stands past the grass on Route 1.
 EVENTS = {
-    "MOM": (16, REDS_HOUSE_2F, 4, 1),
-    "BEDROOM_PC": (17, REDS_HOUSE_2F, 1, 1),
-    "TOWN_SIGN": (24, PALLET_TOWN, 6, 5),
-    "ROUTE_YOUNGSTER": (32, ROUTE_1, 2, 5),
+    "ROUTE_YOUNGSTER": (32, ROUTE_1, 4, 2),
+}
+# Texts that set no event flag: name -> (map, x, y).
+TALKS_WITHOUT_EVENT = {
+    "MOM": (REDS_HOUSE_1F, 6, 4),
+    "BEDROOM_PC": (REDS_HOUSE_2F, 1, 1),
+    "TOWN_SIGN": (PALLET_TOWN, 6, 5),
 }
 BEAT_BROCK = 119  # D755 bit 7, set with the badge
 LEADER = (PEWTER_GYM, 3, 1)
 
-# From the start: out of the bedroom down the stairs, through town, onto Route 1's grass at (3, 4).
-TO_TOWN = ["right"] * 3 + ["up"] * 5  # bedroom (3,6) -> (6,6) -> stairs (6,1) -> Pallet (3,4)
+# From the start: down the stairs to 1F, out of the front door, through town, onto Route 1's grass.
+TO_STAIRS = ["right"] * 3 + ["up"] * 5  # bedroom (3,6) -> (6,6) -> stairs (6,1) -> 1F (6,2)
+DOWNSTAIRS_TO_TOWN = ["left"] * 4 + ["down"] * 5  # 1F (6,2) -> (2,2) -> door (2,7) -> Pallet (3,4)
+TO_TOWN = TO_STAIRS + DOWNSTAIRS_TO_TOWN
 TOWN_TO_ROUTE = ["right"] + ["up"] * 4  # Pallet (3,4) -> (4,4) -> exit (4,0) -> Route 1 (2,6)
 ROUTE_TO_GRASS = ["right", "up", "up"]  # Route 1 (2,6) -> (3,6) -> (3,5) -> grass (3,4)
 GRASS_ROUTE = TO_TOWN + TOWN_TO_ROUTE + ROUTE_TO_GRASS
+# From the grass at (3, 4) to facing the youngster at (4, 2): (4, 4), (4, 3), both grass, then up.
+GRASS_TO_YOUNGSTER = ["right", "up", "up"]
 # From the grass at (3, 4) to the bed and back, and from the grass to facing the gym leader.
-GRASS_TO_BED = ["down", "down", "left", "down"] + ["down"] * 3 + ["left", "up"] + ["down"] * 4 + ["left"] * 5
-BED_TO_GRASS = ["right"] * 5 + ["up"] * 5 + TOWN_TO_ROUTE + ROUTE_TO_GRASS
+GRASS_TO_BED = (["down", "down", "left", "down"]  # Route 1 (3,6) -> (2,6) -> edge (2,7) -> Pallet (4,1)
+                + ["down"] * 3 + ["left", "up"]  # Pallet (4,4) -> (3,4) -> door (3,3) -> 1F (2,6)
+                + ["up"] * 4 + ["right"] * 4 + ["up"]  # 1F (2,2) -> (6,2) -> stairs (6,1) -> bedroom (6,2)
+                + ["down"] * 4 + ["left"] * 5)  # bedroom (6,6) -> the bed (1,6)
+BED_TO_GRASS = ["right"] * 5 + ["up"] * 5 + DOWNSTAIRS_TO_TOWN + TOWN_TO_ROUTE + ROUTE_TO_GRASS
 GRASS_TO_LEADER = ["up", "up", "left", "up", "up", "up"]  # through the gym door to (3, 2), facing up
 LOW_HP = 8  # a wild battle costs at most 8 HP (two counter-attacks of 4)
 
@@ -65,15 +76,18 @@ LOW_HP = 8  # a wild battle costs at most 8 HP (two counter-attacks of 4)
 # HP is low, then the leader. Battles fall where the cartridge's fixed seed (reset at NEW GAME) puts
 # them, so the list only holds for this build of roms/standin.gb: re-record it if the game changes.
 BADGE_ROUTE = """
-right right right up up up up up right up up up up right up up a a a a up a a a a down a a a a
-up a a a a down down down left down down down down left up down down down down left left left
-left left b right right right right right up up up up up right up up up up right up up up down
-up a a a a down a a a a up down up down up down a a a a up down up down up a a a a down up a a a
-a down a a a a down down left down down down down left up down down down down left left left
-left left b right right right right right up up up up up right up up up up right up up a a a a
-down down left down down down down left up down down down down left left left left left b right
-right right right right up up up up up right up up up up right up up up up left up up up a b a a
-a a a a a a a
+right right right up up up up up left left left left down down down down down right up up up up
+right up up a a a a up a a a a down a a a a up a a a a down down down left down down down down
+left up up up up up right right right right up down down down down left left left left left b
+right right right right right up up up up up left left left left down down down down down right
+up up up up right up up up down up a a a a down a a a a up down up down up down a a a a up down
+up down up a a a a down up a a a a down a a a a down down left down down down down left up up up
+up up right right right right up down down down down left left left left left b right right
+right right right up up up up up left left left left down down down down down right up up up up
+right up up a a a a down down left down down down down left up up up up up right right right
+right up down down down down left left left left left b right right right right right up up up
+up up left left left left down down down down down right up up up up right up up up up left up
+up up a b a a a a a a a a a
 """.split()
 
 

@@ -52,14 +52,21 @@ def test_idle_steps_earn_nothing(env):
         assert step_rewards(env)[0] == 0
 
 
-def test_talking_to_mom_sets_an_event_flag_once(env):
-    for button in ["up"] * 4 + ["right", "up"]:  # to (4, 2), facing MOM at (4, 1)
+def test_reading_the_pc_pays_nothing_but_meeting_the_youngster_pays_an_event_once(env):
+    for button in ["up"] * 4 + ["left", "left", "up", "a", "b", "b"]:  # the bedroom PC at (1, 1): text only
         env.step(ACTIONS.index(button))
     assert env.reward_totals["event"] == 0
-    reward, totals = step_rewards(env, ACTIONS.index("a"))
-    assert reward == pytest.approx(1.6) and env.pyboy.memory[EVENT_FLAGS_ADDRESS + 2] & 1  # event 16
-    for button in ["b", "b", "b", "a", "b", "b", "b"]:  # read it all again: no second reward
+    for button in ["right"] * 5 + ["up"] + standin_play.DOWNSTAIRS_TO_TOWN + standin_play.TOWN_TO_ROUTE \
+            + standin_play.ROUTE_TO_GRASS + standin_play.GRASS_TO_YOUNGSTER:  # across the grass to (4, 3)
+        while not standin_play.in_control(env.pyboy):  # fight any wild battle on the way
+            env.step(ACTIONS.index("a"))
+        env.step(ACTIONS.index(button))
+    assert position(env) == (standin_play.ROUTE_1, 4, 3) and env.reward_totals["event"] == 0
+    reward, totals = step_rewards(env, ACTIONS.index("a"))  # facing the youngster at (4, 2)
+    assert reward == pytest.approx(1.6) and env.pyboy.memory[EVENT_FLAGS_ADDRESS + 4] & 1  # event 32
+    for button in ["b", "b", "b", "a", "b", "b", "b"]:  # hear it all again: no second reward
         assert step_rewards(env, ACTIONS.index(button))[0] == 0
+    assert totals["event"] == pytest.approx(1.6)
 
 
 def test_resting_in_bed_heals(env):
@@ -213,7 +220,7 @@ def test_badge_route_pays_each_term_for_what_happened(standin_env):
     assert info["event_flags"] == 1 and info["reward_event"] == pytest.approx(1.6)  # BEAT_BROCK
     assert info["reward_heal"] > 0  # rested in bed after battles
     assert info["blackouts"] == 0 and info["reward_blackout"] == 0
-    assert info["maps_visited"] == 4
+    assert info["maps_visited"] == 5  # bedroom, 1F, Pallet Town, Route 1, gym
     assert info["reward_explore"] == pytest.approx(0.01 * (info["unique_tiles"] - 1))  # start tile free
     assert info["episode_return"] == pytest.approx(sum(rewards))
 

@@ -39,6 +39,18 @@ def settle(pyboy, button="b", limit=40):
     raise AssertionError("never got back into control")
 
 
+def walk(pyboy, buttons):
+    """Press each button in control, fighting any wild battle on the way to the end."""
+    for button in buttons:
+        settle(pyboy, "a")
+        press(pyboy, button, render=False)
+    settle(pyboy, "a")
+
+
+def no_event_flags(pyboy):
+    return not any(pyboy.memory[sp.EVENT_FLAGS + i] for i in range(320))  # D747-D886
+
+
 def window_matches_tile_map(pyboy):
     m = pyboy.memory
     return all(m[0x9C00 + 32 * y + x] == m[sp.TILE_MAP + 20 * y + x] for y in range(18) for x in range(20))
@@ -91,11 +103,17 @@ Later:
 def test_helper_constants_match_the_build_script():
     build = load_build_script()
     assert sp.BADGE_LEVEL == build.BADGE_LEVEL
+    map_names = {v: k for k, v in build.MAP_IDS.items()}
     for name, (index, map_id, x, y) in sp.EVENTS.items():
         assert build.EVENTS[name] == index
-        rows = build.MAPS[{v: k for k, v in build.MAP_IDS.items()}[map_id]]["rows"]
-        assert rows[y][x] in "sNP"  # a sign, a person or the PC
+        assert build.MAPS[map_names[map_id]]["talks"][(x, y)][0] == name
+    for name, (map_id, x, y) in sp.TALKS_WITHOUT_EVENT.items():
+        assert name not in build.EVENTS
+        assert build.MAPS[map_names[map_id]]["rows"][y][x] in "sNP"  # a sign, a person or the PC
+        assert build.MAPS[map_names[map_id]]["talks"][(x, y)][0] is None
+    assert set(build.EVENTS) == set(sp.EVENTS) | {"BEAT_BROCK"}  # only progress sets a flag
     assert build.EVENTS["BEAT_BROCK"] == sp.BEAT_BROCK
+    assert {sp.PALLET_TOWN, sp.ROUTE_1, sp.REDS_HOUSE_1F, sp.REDS_HOUSE_2F, sp.PEWTER_GYM} == set(map_names)
 
 
 # ---- Intro -------------------------------------------------------------------------------------
@@ -176,43 +194,63 @@ def test_holding_does_not_repeat_and_short_presses_are_not_lost(started):
 
 def test_doors_and_map_edges_warp_and_entering_from_outdoors_sets_last_map(started):
     m = started.memory
-    play(started, sp.TO_TOWN)
+    assert m[sp.LAST_MAP] == 0x00  # new game
+    play(started, sp.TO_STAIRS)  # the bedroom's stairs (6, 1) lead down to 1F, below its stairs
+    assert position(started) == (sp.REDS_HOUSE_1F, 6, 2) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (4, 4)
+    assert m[sp.LAST_MAP] == 0x00 and in_control(started)  # indoor to indoor: unchanged
+    play(started, ["up"])  # 1F's stairs (6, 1) lead back up to the bedroom (6, 2)
+    assert position(started) == (sp.REDS_HOUSE_2F, 6, 2) and m[sp.LAST_MAP] == 0x00
+    play(started, ["up"])
+    assert position(started) == (sp.REDS_HOUSE_1F, 6, 2)
+    play(started, sp.DOWNSTAIRS_TO_TOWN)  # 1F's door (2, 7) leads out to Pallet (3, 4), below the door
     assert position(started) == (sp.PALLET_TOWN, 3, 4) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (5, 4)
-    play(started, ["up"])  # back through the front door
-    assert position(started) == (sp.REDS_HOUSE_2F, 6, 2) and m[sp.LAST_MAP] == sp.PALLET_TOWN
-    play(started, ["up"] + sp.TOWN_TO_ROUTE)  # stairs, then out of town at the top edge
+    assert m[sp.LAST_MAP] == 0x00  # indoor to outdoor: unchanged
+    play(started, ["up"])  # back through the front door (3, 3): 1F (2, 6), just above its door
+    assert position(started) == (sp.REDS_HOUSE_1F, 2, 6) and m[sp.LAST_MAP] == sp.PALLET_TOWN
+    play(started, ["down"] + sp.TOWN_TO_ROUTE)  # out again, then out of town at the top edge
     assert position(started) == (sp.ROUTE_1, 2, 6) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (3, 4)
+    assert m[sp.LAST_MAP] == sp.PALLET_TOWN  # outdoor to outdoor: unchanged
     play(started, ["down"])  # back down over the edge
     assert position(started) == (sp.PALLET_TOWN, 4, 1) and in_control(started)
 
 
 # ---- Text, events, menu -------------------------------------------------------------------------
 
-def test_talking_and_reading_set_event_flags_and_text_blocks_control(started):
+def test_pc_mom_and_sign_show_text_that_blocks_control_but_set_no_event_flag(started):
     m = started.memory
-    assert not any(sp.event_set(started, index) for index, *_ in sp.EVENTS.values())
-    play(started, ["up"] * 4 + ["right", "up"])  # (4, 2) facing mom at (4, 1)
+    assert no_event_flags(started)
+    play(started, ["up"] * 4 + ["left", "left", "up"])  # (1, 2) facing the PC at (1, 1)
     press(started, "a")
-    assert sp.event_set(started, sp.EVENTS["MOM"][0]) and not sp.event_set(started, sp.EVENTS["BEDROOM_PC"][0])
     assert m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0 and m[sp.TILE_MAP + 20 * 16 + 18] == 0xEE
-    press(started, "left")
-    assert position(started) == (sp.REDS_HOUSE_2F, 4, 2) and not in_control(started)
+    press(started, "right")
+    assert position(started) == (sp.REDS_HOUSE_2F, 1, 2) and not in_control(started)
     settle(started)
-    play(started, ["left"] * 3 + ["up"])  # (1, 2) facing the PC at (1, 1)
+    assert no_event_flags(started)
+    play(started, ["right"] * 5 + ["up", "down", "down"])  # 1F (6, 3) facing MOM at (6, 4)
+    assert position(started) == (sp.REDS_HOUSE_1F, 6, 3) and m[sp.FACING] == 0x00
     press(started, "a")
+    assert m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0 and not in_control(started)
     settle(started)
-    assert sp.event_set(started, sp.EVENTS["BEDROOM_PC"][0])
-    play(started, ["right"] * 5 + ["up"] + sp.TOWN_TO_ROUTE)  # Route 1 at (2, 6), facing the youngster
-    press(started, "a")
-    settle(started)
-    assert sp.event_set(started, sp.EVENTS["ROUTE_YOUNGSTER"][0])
-    play(started, ["down", "down", "down", "down", "right", "right"])  # Pallet (6, 4), facing right
+    assert no_event_flags(started)
+    play(started, ["up"] + sp.DOWNSTAIRS_TO_TOWN + ["right"] * 3)  # 1F (6, 2), door, Pallet (3, 4), (6, 4)
     assert position(started) == (sp.PALLET_TOWN, 6, 4)
     press(started, "down")  # the sign at (6, 5) blocks: the player turns to face it
     press(started, "a")
-    assert m[sp.EVENT_FLAGS + 3] & 1 and m[sp.HWY] == 0  # TOWN_SIGN: event 24
+    assert m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0
     press(started, "a")  # A closes text too
-    assert in_control(started)
+    assert in_control(started) and no_event_flags(started)
+
+
+def test_only_the_youngster_past_the_grass_sets_his_event_flag(started):
+    m = started.memory
+    walk(started, sp.GRASS_ROUTE + sp.GRASS_TO_YOUNGSTER)  # fight whatever the grass brings
+    assert position(started) == (sp.ROUTE_1, 4, 3) and m[sp.FACING] == 0x04 and no_event_flags(started)
+    press(started, "a")
+    assert m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0
+    settle(started)
+    index = sp.EVENTS["ROUTE_YOUNGSTER"][0]
+    assert sp.event_set(started, index) and m[sp.EVENT_FLAGS + 4] == 0x01  # D74B bit 0, nothing else
+    assert sum(bin(m[sp.EVENT_FLAGS + i]).count("1") for i in range(320)) == 1
 
 
 def test_start_menu_blocks_movement_until_b(started):
