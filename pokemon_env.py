@@ -13,14 +13,18 @@ reading the game's RAM, then restores that start state from memory on every rese
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import multiprocessing
+import os
 import time
 import warnings
 from pathlib import Path
 
 # PufferLib first: it hides the import notice of the unmaintained gym package it depends on.
 import pufferlib.emulation
+import pufferlib.exceptions
 import pufferlib.vector
 
 import cv2
@@ -517,14 +521,81 @@ def make_env(**env_kwargs):
 
 
 class Multiprocessing(pufferlib.vector.Multiprocessing):
-    """PufferLib's Multiprocessing backend, except that the main process sleeps while workers step.
+    """PufferLib's Multiprocessing backend, with processes that sleep while they wait.
 
-    PufferLib's recv() spins until the workers are done. With as many workers as cores, that spin
-    takes a core from a worker (benchmarks/README.md has the figures). Sleeping in short naps
-    until every worker has finished gives the core back; PufferLib's recv() then finds them done.
+    PufferLib 2.0.2's workers poll a shared flag and spin for half a second after every step, and
+    its main process spins in recv(). That suits a machine with a spare core for every process; on a
+    laptop the spinning processes take the cores the emulators need (benchmarks/README.md has the
+    figures). Here the main process wakes each worker through a semaphore once its actions are in
+    place, and each worker signals one shared semaphore when its envs have stepped, so a waiting
+    process sleeps in the kernel. PufferLib's shared buffers, flags, pipes (for seeds and episode
+    infos) and bookkeeping are unchanged. Synchronous only: every recv() waits for all workers, as
+    the trainer does (batch_size == num_envs).
     """
 
+    def __init__(self, env_creators, env_args, env_kwargs, num_envs, num_workers=None, **kwargs):
+        num_workers = num_workers or num_envs
+        if kwargs.get("batch_size", num_envs) != num_envs:
+            raise pufferlib.exceptions.APIUsageError(
+                "pokemon_env.Multiprocessing steps all envs together: leave batch_size at num_envs")
+        context = multiprocessing.get_context()
+        self.wake = [context.Semaphore(0) for _ in range(num_workers)]
+        self.finished = context.Semaphore(0)
+        # PufferLib starts `pufferlib.vector._worker_process` as each worker's loop: start ours.
+        puffer_worker = pufferlib.vector._worker_process
+        pufferlib.vector._worker_process = functools.partial(_sleeping_worker, self.wake, self.finished)
+        try:
+            super().__init__(env_creators, env_args, env_kwargs, num_envs, num_workers, **kwargs)
+        finally:
+            pufferlib.vector._worker_process = puffer_worker
+
+    def async_reset(self, seed=42):
+        super().async_reset(seed)  # flags set to RESET, seeds on the pipes
+        for wake in self.wake:
+            wake.release()
+
+    def send(self, actions):
+        super().send(actions)  # actions in shared memory, flags set to STEP
+        for wake in self.wake:
+            wake.release()
+
     def recv(self):
-        while (self.buf.semaphores < pufferlib.vector.MAIN).any():
-            time.sleep(0.0001)
+        for _ in self.wake:
+            self.finished.acquire()  # sleeps until every worker has stepped
         return super().recv()
+
+
+def _sleeping_worker(wake, finished, env_creators, env_args, env_kwargs, obs_shape, obs_dtype, atn_shape,
+                     atn_dtype, num_envs, num_agents, num_workers, worker_idx, send_pipe, recv_pipe, shm,
+                     is_native):
+    """One worker's loop, called with PufferLib's arguments: sleep until woken, step or reset, signal."""
+    rows = (num_workers, num_envs * num_agents)  # this worker's row of each shared array
+
+    def row(raw, dtype, shape=()):
+        return np.ndarray((*rows, *shape), dtype=dtype, buffer=raw)[worker_idx]
+
+    buf = pufferlib.namespace(
+        observations=row(shm.observations, obs_dtype, obs_shape), rewards=row(shm.rewards, np.float32),
+        terminals=row(shm.terminals, bool), truncations=row(shm.truncateds, bool), masks=row(shm.masks, bool))
+    buf.masks[:] = True
+    actions = row(shm.actions, atn_dtype, atn_shape)
+    flags = np.ndarray(num_workers, dtype=np.uint8, buffer=shm.semaphores)
+    envs = pufferlib.vector.Serial(env_creators, env_args, env_kwargs, num_envs)
+    envs._assign_buffers(buf)
+    parent = os.getppid()
+    while True:
+        if not wake[worker_idx].acquire(timeout=1.0):
+            if os.getppid() != parent:  # the main process has gone without closing us
+                break
+            continue
+        if flags[worker_idx] == pufferlib.vector.STEP:
+            infos = envs.step(actions)[4]
+        else:  # RESET
+            infos = envs.reset(seed=recv_pipe.recv())[1]
+        # As PufferLib's workers do: episode infos go through the pipe, announced by the INFO flag.
+        if infos:
+            flags[worker_idx] = pufferlib.vector.INFO
+            send_pipe.send(infos)
+        else:
+            flags[worker_idx] = pufferlib.vector.MAIN
+        finished.release()

@@ -1,5 +1,9 @@
 """make_env works as a PufferLib 2.0.2 creator, and the episode infos reach the trainer."""
+import time
+
 import numpy as np
+import psutil
+import pufferlib.exceptions
 import pufferlib.vector
 import pytest
 
@@ -9,7 +13,7 @@ from pokemon_env import ACTIONS, make_env
 B = ACTIONS.index("b")
 
 
-BACKENDS = {  # ours sleeps instead of spinning while its workers step; the results must not change
+BACKENDS = {  # ours sleeps instead of spinning while it waits; the results must not change
     "Serial": pufferlib.vector.Serial,
     "Multiprocessing": pufferlib.vector.Multiprocessing,
     "pokemon_env.Multiprocessing": pokemon_env.Multiprocessing,
@@ -47,6 +51,29 @@ def test_vectorised_episodes_deliver_their_infos(standin_rom, start_state_file, 
         assert np.array_equal(obs, first_obs)  # the bedroom as after the first reset, no menu
     finally:
         envs.close()
+
+
+def test_our_multiprocessing_workers_sleep_between_steps(standin_rom, start_state_file):
+    """PufferLib's workers spin for half a second after each step; ours must use no CPU while waiting."""
+    envs = pufferlib.vector.make(make_env, env_kwargs=dict(rom_path=str(standin_rom), init_state=str(start_state_file)),
+                                 backend=pokemon_env.Multiprocessing, num_envs=2, num_workers=2)
+    try:
+        envs.reset(seed=0)
+        envs.step(np.full(2, B))
+        workers = [psutil.Process(process.pid) for process in envs.processes]
+        cpu_before = [sum(worker.cpu_times()[:2]) for worker in workers]
+        time.sleep(0.5)
+        cpu_used = [sum(worker.cpu_times()[:2]) - before for worker, before in zip(workers, cpu_before)]
+        assert max(cpu_used) < 0.1, f"workers used {cpu_used} s of CPU in 0.5 s of waiting"
+        envs.step(np.full(2, B))  # and they still answer
+    finally:
+        envs.close()
+
+
+def test_our_multiprocessing_refuses_asynchronous_batches(standin_rom, start_state_file):
+    with pytest.raises(pufferlib.exceptions.APIUsageError, match="steps all envs together"):
+        pufferlib.vector.make(make_env, env_kwargs=dict(rom_path=str(standin_rom), init_state=str(start_state_file)),
+                              backend=pokemon_env.Multiprocessing, num_envs=2, num_workers=2, batch_size=1)
 
 
 def test_make_env_passes_keyword_arguments(standin_rom, start_state_file):
