@@ -91,7 +91,7 @@ class Args:
 
     # Vectorisation
     vec_backend: Literal["auto", "serial", "multiprocessing"] = "auto"
-    """PufferLib backend; auto: serial on up to 3 physical cores, multiprocessing above"""
+    """PufferLib backend; auto: multiprocessing, one worker per physical core (serial if just one)"""
     num_workers: Optional[int] = None
     """multiprocessing worker processes; None: the largest divisor of num_envs up to the cores"""
 
@@ -281,18 +281,19 @@ def ppo_loss(newlogprob, entropy, newvalue, logprobs, advantages, returns, value
 def choose_vectorization(args: Args, physical_cores: int):
     """(backend name, num_workers or None). Keep it simple; benchmarks/README.md has the figures.
 
-    PufferLib's Multiprocessing workers busy-wait between steps: on 2 cores, with the policy in the
-    loop, it collected 397 steps/s against Serial's 669, so Serial is the default there. With 4 or
-    more physical cores each worker and the main process get a core of their own.
+    pokemon_env.Multiprocessing (workers that sleep while they wait) collected faster than Serial
+    on 2 cores, with random actions and with the policy in the loop, so it is the default whenever
+    the envs can be shared out over more than one worker, one worker per physical core at most.
     """
     backend = args.vec_backend
-    if backend == "auto":
-        backend = "multiprocessing" if physical_cores >= 4 and args.num_envs > 1 else "serial"
     if backend == "serial":
         return "serial", None
     if args.num_workers is not None:
         return "multiprocessing", args.num_workers
-    return "multiprocessing", max(w for w in range(1, physical_cores + 1) if args.num_envs % w == 0)
+    num_workers = max(w for w in range(1, physical_cores + 1) if args.num_envs % w == 0)
+    if backend == "auto" and num_workers == 1:
+        return "serial", None  # one worker would only add a hop
+    return "multiprocessing", num_workers
 
 
 def check_args(args: Args, physical_cores: int) -> Optional[str]:
@@ -661,8 +662,8 @@ if __name__ == "__main__":
             optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
         # Departure from CleanRL: thread counts set per phase. The rollout's forward pass on num_envs
-        # observations is too small to share out: a second thread only waits on the first, spinning
-        # on the core an emulator needs (measured 5-10x slower on 2 busy cores).
+        # observations is too small to share out: on 2 cores a second thread did not speed it up, and
+        # its spinning between calls slowed the emulators' steps 1.6x (benchmarks/README.md).
         torch.set_num_threads(1)
         rollout_start = time.perf_counter()
         env_seconds = 0.0
