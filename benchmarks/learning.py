@@ -1,6 +1,6 @@
 """Does the trainer learn? PPO at its default settings against a random policy, on the stand-in.
 
-    python benchmarks/learning.py                       # 3 seeds x 300,000 steps: about an hour on 2 cores
+    python benchmarks/learning.py                       # 3 seeds x 300,000 steps: 1-1.5 hours on 2 cores
     python benchmarks/learning.py --total-timesteps 20000 --seeds 1   # a quick look
 
 Trains one run per seed (two at a time by default, one torch thread each), then plays each final
