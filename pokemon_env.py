@@ -18,7 +18,6 @@ import hashlib
 import io
 import multiprocessing
 import os
-import time
 import warnings
 from pathlib import Path
 
