@@ -12,6 +12,7 @@ import argparse
 import glob
 import io
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -63,34 +64,91 @@ class Emulator:
         self.pyboy.set_emulation_speed(0)
         self.pyboy.load_state(io.BytesIO(start_state))
 
+    def step(self, button):
+        self.pyboy.button(pokemon_env.ACTIONS[button], pokemon_env.HOLD_FRAMES)
+        self.pyboy.tick(24, True)
+
     def play(self, buttons) -> float:
         """Seconds to play `buttons`, one step each, continuing from where the last call stopped."""
         start = time.perf_counter()
         for button in buttons:
-            self.pyboy.button(pokemon_env.ACTIONS[button], pokemon_env.HOLD_FRAMES)
-            self.pyboy.tick(24, True)
+            self.step(button)
         return time.perf_counter() - start
 
 
-def against_emulator(play, windows: int, window_steps: int, start_state: bytes) -> tuple[float, float]:
-    """Steps/s of `play(buttons)` and of the bare emulator on the same buttons, in alternating windows.
+def against_emulator(plays: dict, windows: int, window_steps: int, start_state: bytes) -> tuple[dict, float]:
+    """Steps/s of each `play(buttons)` and of the bare emulator on the same buttons, in alternating windows.
 
     This machine's speed drifts by up to 2x within seconds (a shared host), so figures taken a
-    minute apart are not comparable. Here each window of `play` sits between two windows of the
-    emulator, and both follow the same button sequence from the same start state, so they are timed
-    under the same conditions in the same game states. `play` returns (seconds, steps taken).
+    minute apart are not comparable. Here each window of the plays (in turn, the order reversed
+    every other window) sits between two windows of the emulator, and all follow the same button
+    sequence from the same start state, so they are timed under the same conditions in the same
+    game states. Each play returns (seconds, steps taken).
     """
     emulator = Emulator(start_state)
     rng = np.random.default_rng(0)
-    emulator_seconds = seconds = steps = 0.0
-    for _ in range(windows):
+    emulator_seconds = 0.0
+    totals = {name: [0.0, 0] for name in plays}
+    for window in range(windows):
         buttons = rng.integers(len(pokemon_env.ACTIONS), size=window_steps)
         emulator_seconds += emulator.play(buttons[: window_steps // 2])
-        window_seconds, window_steps_taken = play(buttons)
-        seconds, steps = seconds + window_seconds, steps + window_steps_taken
+        for name in (list(plays) if window % 2 == 0 else list(plays)[::-1]):
+            seconds, steps = plays[name](buttons)
+            totals[name][0] += seconds
+            totals[name][1] += steps
         emulator_seconds += emulator.play(buttons[window_steps // 2:])
     emulator.pyboy.stop(save=False)
-    return steps / seconds, windows * window_steps / emulator_seconds
+    return {name: steps / seconds for name, (seconds, steps) in totals.items()}, windows * window_steps / emulator_seconds
+
+
+class Lockstep:
+    """Controls for (3): worker processes that step bare emulators ("emulator") or our env without
+    PufferLib ("env") in lockstep, woken by semaphores as our Multiprocessing's workers are, every one
+    pressing the emulator's button. The emulators' figure is what any synchronous backend could reach
+    on this machine; the gap from there to the env's is the env's own work, and from the env's to
+    the default backend's is PufferLib's buffers and bookkeeping and the copy of observations out."""
+
+    def __init__(self, kind: str, num_workers: int, per_worker: int, start_state: bytes):
+        context = multiprocessing.get_context()
+        self.button = context.Value("i", 0, lock=False)  # -1 stops the workers
+        self.wake = [context.Semaphore(0) for _ in range(num_workers)]
+        self.finished = context.Semaphore(0)
+        self.steps_per_round = num_workers * per_worker
+        for wake in self.wake:
+            context.Process(target=self.worker, args=(kind, per_worker, start_state, wake), daemon=True).start()
+        for _ in self.wake:
+            self.finished.acquire()  # every worker has built its emulators
+
+    def worker(self, kind, per_worker, start_state, wake):
+        if kind == "emulator":
+            units = [Emulator(start_state) for _ in range(per_worker)]
+        else:
+            units = [pokemon_env.PokemonRedEnv(rom_path=ROM) for _ in range(per_worker)]
+            for unit in units:
+                unit.reset(seed=0)
+        self.finished.release()
+        while True:
+            wake.acquire()
+            if self.button.value < 0:
+                return
+            for unit in units:
+                unit.step(self.button.value)
+            self.finished.release()
+
+    def play(self, buttons):
+        start = time.perf_counter()
+        for button in buttons:
+            self.button.value = button
+            for wake in self.wake:
+                wake.release()
+            for _ in self.wake:
+                self.finished.acquire()
+        return time.perf_counter() - start, len(buttons) * self.steps_per_round
+
+    def close(self):
+        self.button.value = -1
+        for wake in self.wake:
+            wake.release()
 
 
 def play_env(env):
@@ -110,15 +168,16 @@ def play_vector(envs, num_envs: int, agent=None, settle_seconds: float = 0.0):
     emulator (so all play the same game), or the policy chooses, its forward pass in the loop.
     `settle_seconds` of sleep after each window keeps spinning workers out of the emulator's time."""
     obs, _ = envs.reset(seed=0)
-    stored = []  # the trainer copies observations out too
+    stored = None  # as the trainer's rollout storage: preallocated, one row of observations per step
 
     def play(buttons):
-        nonlocal obs
-        stored.clear()
+        nonlocal obs, stored
+        if stored is None or len(stored) < len(buttons):
+            stored = np.full((len(buttons), *obs.shape), 0, dtype=obs.dtype)  # written: no page faults later
         torch.set_num_threads(1)  # as the trainer's rollout: more threads only spin on the emulators' cores
         start = time.perf_counter()
-        for button in buttons:
-            stored.append(obs.copy())
+        for step, button in enumerate(buttons):
+            stored[step] = obs
             if agent is None:
                 actions = np.full(num_envs, button)
             else:
@@ -216,8 +275,9 @@ def main():
     # (1) and (2): the emulator and one env on the same buttons, in alternating windows.
     env = pokemon_env.PokemonRedEnv(rom_path=ROM)
     windows, window_steps = (6, 100) if options.quick else (12, 120)
-    results["env_steps_per_second"], results["emulator_steps_per_second"] = against_emulator(
-        play_env(env), windows, window_steps, env.start_state)
+    rates, results["emulator_steps_per_second"] = against_emulator(
+        {"env": play_env(env)}, windows, window_steps, env.start_state)
+    results["env_steps_per_second"] = rates["env"]
     results["env_overhead"] = results["emulator_steps_per_second"] / results["env_steps_per_second"] - 1
     rss_before = psutil.Process().memory_info().rss
 
@@ -233,16 +293,25 @@ def main():
             envs = pufferlib.vector.make(pokemon_env.make_env, env_kwargs={"rom_path": ROM},
                                          backend=BACKENDS[backend], num_envs=num_envs, **kwargs)
             settle = 0.6 if backend == "pufferlib-multiprocessing" else 0.0  # its workers spin for 0.5 s
-            play = play_vector(envs, num_envs, policy, settle)
-            rate, emulator_rate = against_emulator(play, windows, window_steps // 2, env.start_state)
+            plays = {backend: play_vector(envs, num_envs, policy, settle)}
+            controls = []
+            if backend == "multiprocessing" and policy is None:  # the same envs stepped with less in the way
+                controls = [Lockstep(kind, num_workers, num_envs // num_workers, env.start_state)
+                            for kind in ("emulator", "env")]
+                plays.update({f"lockstep_{kind}": control.play for kind, control in zip(("emulator", "env"), controls)})
+            rates, emulator_rate = against_emulator(plays, windows, window_steps // 2, env.start_state)
             # USS: the memory a worker holds on its own, not the pages it shares with its forked parent.
             workers = [psutil.Process(p.pid).memory_full_info() for p in getattr(envs, "processes", [])]
             envs.close()
+            for control in controls:
+                control.close()
+            rate = rates.pop(backend)
             results["vector"].append({
                 "backend": backend, "num_envs": num_envs, "num_workers": num_workers, "policy": policy is not None,
                 "steps_per_second": rate, "emulator_steps_per_second": emulator_rate,
                 "efficiency": rate / (cores * emulator_rate),
-                "worker_rss_mb": [w.rss / 2**20 for w in workers], "worker_uss_mb": [w.uss / 2**20 for w in workers]})
+                "worker_rss_mb": [w.rss / 2**20 for w in workers], "worker_uss_mb": [w.uss / 2**20 for w in workers],
+                **{f"{name}_steps_per_second": control_rate for name, control_rate in rates.items()}})
     env.close()
 
     # (4) The learner at the default batch 2,048 and minibatch 256, 4 epochs.
@@ -294,6 +363,22 @@ def report(results: dict, default_backend: str) -> str:
     out.append("")
     out.append(table(["backend", "envs", "workers", "actions", "steps/s", "efficiency",
                      "worker USS / RSS MB (target USS <= 150)"], rows))
+    out.append("")
+    rows = []
+    for run in results["vector"]:
+        if "lockstep_emulator_steps_per_second" not in run:
+            continue
+        capacity = m["physical_cores"] * run["emulator_steps_per_second"]
+        cells = [run["lockstep_emulator_steps_per_second"], run["lockstep_env_steps_per_second"],
+                 run["steps_per_second"]]
+        rows.append([run["num_envs"], run["num_workers"], *(f"{rate:,.0f} ({rate / capacity:.0%})" for rate in cells),
+                     f"{run['steps_per_second'] / run['lockstep_emulator_steps_per_second']:.0%}"])
+    out.append("(3) controls, timed in the same windows as the default backend with random actions: the same "
+               "workers stepping bare emulators in lockstep (what any synchronous backend can reach here) and our "
+               "env without PufferLib; steps/s (efficiency)")
+    out.append("")
+    out.append(table(["envs", "workers", "bare emulators in lockstep", "our env in lockstep",
+                      f"{default_backend} (default)", "default of emulators in lockstep"], rows))
     out.append("")
     ppo, bare = results["learner_ppo_samples_per_second"], results["learner_bare_samples_per_second"]
     trainer = results["trainer"]
