@@ -101,25 +101,31 @@ def against_emulator(plays: dict, windows: int, window_steps: int, start_state: 
     return {name: steps / seconds for name, (seconds, steps) in totals.items()}, windows * window_steps / emulator_seconds
 
 
-class Lockstep:
-    """Controls for (3): worker processes that step bare emulators ("emulator") or our env without
-    PufferLib ("env") in lockstep, woken by semaphores as our Multiprocessing's workers are, every one
-    pressing the emulator's button. The emulators' figure is what any synchronous backend could reach
-    on this machine; the gap from there to the env's is the env's own work, and from the env's to
-    the default backend's is PufferLib's buffers and bookkeeping and the copy of observations out."""
+class Workers:
+    """Controls for (3): worker processes holding bare emulators ("emulator") or our env without
+    PufferLib ("env"), woken by semaphores as our Multiprocessing's workers are, every one pressing
+    the emulator's buttons. Stepped in lockstep, the emulators show what any synchronous backend
+    could reach on this machine; the gap from there to the env's is the env's own work, and from
+    the env's to the default backend's is PufferLib's buffers and bookkeeping and the copy of
+    observations out. Running free (each worker plays the whole window, one wait at its end), the
+    emulators show what a backend that never waits for the slowest worker could reach."""
 
-    def __init__(self, kind: str, num_workers: int, per_worker: int, start_state: bytes):
+    STOP, WINDOW = -1, -2  # commands in place of a button
+
+    def __init__(self, kind: str, num_workers: int, per_worker: int, start_state: bytes, max_window: int):
         context = multiprocessing.get_context()
-        self.button = context.Value("i", 0, lock=False)  # -1 stops the workers
+        self.button = context.Value("i", 0, lock=False)
+        self.window = context.Array("i", max_window, lock=False)  # the buttons of a free-running window
+        self.window_length = context.Value("i", 0, lock=False)
         self.wake = [context.Semaphore(0) for _ in range(num_workers)]
         self.finished = context.Semaphore(0)
         self.steps_per_round = num_workers * per_worker
         for wake in self.wake:
-            context.Process(target=self.worker, args=(kind, per_worker, start_state, wake), daemon=True).start()
+            context.Process(target=self.work, args=(kind, per_worker, start_state, wake), daemon=True).start()
         for _ in self.wake:
             self.finished.acquire()  # every worker has built its emulators
 
-    def worker(self, kind, per_worker, start_state, wake):
+    def work(self, kind, per_worker, start_state, wake):
         if kind == "emulator":
             units = [Emulator(start_state) for _ in range(per_worker)]
         else:
@@ -129,24 +135,35 @@ class Lockstep:
         self.finished.release()
         while True:
             wake.acquire()
-            if self.button.value < 0:
+            command = self.button.value
+            if command == self.STOP:
                 return
-            for unit in units:
-                unit.step(self.button.value)
+            for button in self.window[: self.window_length.value] if command == self.WINDOW else [command]:
+                for unit in units:
+                    unit.step(button)
             self.finished.release()
 
-    def play(self, buttons):
+    def _run(self, command):
+        self.button.value = command
+        for wake in self.wake:
+            wake.release()
+        for _ in self.wake:
+            self.finished.acquire()
+
+    def lockstep(self, buttons):
         start = time.perf_counter()
         for button in buttons:
-            self.button.value = button
-            for wake in self.wake:
-                wake.release()
-            for _ in self.wake:
-                self.finished.acquire()
+            self._run(button)
+        return time.perf_counter() - start, len(buttons) * self.steps_per_round
+
+    def free_running(self, buttons):
+        self.window[: len(buttons)], self.window_length.value = buttons, len(buttons)
+        start = time.perf_counter()
+        self._run(self.WINDOW)
         return time.perf_counter() - start, len(buttons) * self.steps_per_round
 
     def close(self):
-        self.button.value = -1
+        self.button.value = self.STOP
         for wake in self.wake:
             wake.release()
 
@@ -296,9 +313,12 @@ def main():
             plays = {backend: play_vector(envs, num_envs, policy, settle)}
             controls = []
             if backend == "multiprocessing" and policy is None:  # the same envs stepped with less in the way
-                controls = [Lockstep(kind, num_workers, num_envs // num_workers, env.start_state)
-                            for kind in ("emulator", "env")]
-                plays.update({f"lockstep_{kind}": control.play for kind, control in zip(("emulator", "env"), controls)})
+                per_worker, max_window = num_envs // num_workers, window_steps // 2
+                free, lockstep, envs_alone = controls = [
+                    Workers(kind, num_workers, per_worker, env.start_state, max_window)
+                    for kind in ("emulator", "emulator", "env")]  # each plays every window once, as the envs do
+                plays.update(free_emulator=free.free_running, lockstep_emulator=lockstep.lockstep,
+                             lockstep_env=envs_alone.lockstep)
             rates, emulator_rate = against_emulator(plays, windows, window_steps // 2, env.start_state)
             # USS: the memory a worker holds on its own, not the pages it shares with its forked parent.
             workers = [psutil.Process(p.pid).memory_full_info() for p in getattr(envs, "processes", [])]
@@ -369,15 +389,17 @@ def report(results: dict, default_backend: str) -> str:
         if "lockstep_emulator_steps_per_second" not in run:
             continue
         capacity = m["physical_cores"] * run["emulator_steps_per_second"]
-        cells = [run["lockstep_emulator_steps_per_second"], run["lockstep_env_steps_per_second"],
-                 run["steps_per_second"]]
+        cells = [run["free_emulator_steps_per_second"], run["lockstep_emulator_steps_per_second"],
+                 run["lockstep_env_steps_per_second"], run["steps_per_second"]]
         rows.append([run["num_envs"], run["num_workers"], *(f"{rate:,.0f} ({rate / capacity:.0%})" for rate in cells),
                      f"{run['steps_per_second'] / run['lockstep_emulator_steps_per_second']:.0%}"])
     out.append("(3) controls, timed in the same windows as the default backend with random actions: the same "
-               "workers stepping bare emulators in lockstep (what any synchronous backend can reach here) and our "
-               "env without PufferLib; steps/s (efficiency)")
+               "workers stepping bare emulators free-running (one wait per window: what a backend that never waits "
+               "for the slowest worker could reach) and in lockstep (what any synchronous backend can reach here), "
+               "and our env in lockstep without PufferLib; steps/s (efficiency)")
     out.append("")
-    out.append(table(["envs", "workers", "bare emulators in lockstep", "our env in lockstep",
+    out.append(table(["envs", "workers", "bare emulators free-running", "bare emulators in lockstep",
+                      "our env in lockstep",
                       f"{default_backend} (default)", "default of emulators in lockstep"], rows))
     out.append("")
     ppo, bare = results["learner_ppo_samples_per_second"], results["learner_bare_samples_per_second"]
