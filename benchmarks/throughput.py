@@ -1,6 +1,6 @@
 """Throughput, memory and the cost of each stage, measured in one run on the stand-in cartridge.
 
-    python benchmarks/throughput.py            # about 5 minutes on 2 cores
+    python benchmarks/throughput.py            # about 6 minutes on 2 cores
     python benchmarks/throughput.py --quick    # about 2 minutes
 
 Prints Markdown tables (paste them into benchmarks/README.md) and writes the figures as JSON.
