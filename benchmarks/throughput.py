@@ -298,7 +298,8 @@ def main():
     results["env_overhead"] = results["emulator_steps_per_second"] / results["env_steps_per_second"] - 1
     rss_before = psutil.Process().memory_info().rss
 
-    # (3) Vectorised collection, each configuration against the emulator in its own windows.
+    # (3) Vectorised collection, each configuration against the emulator in its own windows; the default
+    # backend's random-action rows share theirs with the controls (see Workers).
     agent = ppo_pokemon.Agent((4, 84, 84))
     configs = [("serial", 4, None), ("multiprocessing", 4, 2), ("pufferlib-multiprocessing", 4, 2)]
     if not options.quick:
@@ -312,7 +313,7 @@ def main():
             settle = 0.6 if backend == "pufferlib-multiprocessing" else 0.0  # its workers spin for 0.5 s
             plays = {backend: play_vector(envs, num_envs, policy, settle)}
             controls = []
-            if backend == "multiprocessing" and policy is None:  # the same envs stepped with less in the way
+            if backend == "multiprocessing" and policy is None:
                 per_worker, max_window = num_envs // num_workers, window_steps // 2
                 free, lockstep, envs_alone = controls = [
                     Workers(kind, num_workers, per_worker, env.start_state, max_window)
