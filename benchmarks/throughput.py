@@ -120,8 +120,10 @@ class Workers:
         self.wake = [context.Semaphore(0) for _ in range(num_workers)]
         self.finished = context.Semaphore(0)
         self.steps_per_round = num_workers * per_worker
-        for wake in self.wake:
-            context.Process(target=self.work, args=(kind, per_worker, start_state, wake), daemon=True).start()
+        self.processes = [context.Process(target=self.work, args=(kind, per_worker, start_state, wake), daemon=True)
+                          for wake in self.wake]
+        for process in self.processes:
+            process.start()
         for _ in self.wake:
             self.finished.acquire()  # every worker has built its emulators
 
@@ -166,6 +168,8 @@ class Workers:
         self.button.value = self.STOP
         for wake in self.wake:
             wake.release()
+        for process in self.processes:
+            process.join(timeout=10)
 
 
 def play_env(env):

@@ -1,0 +1,45 @@
+"""The throughput benchmark's timing harness and its (3) controls, on the stand-in."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import throughput  # noqa: E402
+
+import pokemon_env  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def start_state():
+    env = pokemon_env.PokemonRedEnv(rom_path=throughput.ROM)
+    yield env.start_state
+    env.close()
+
+
+@pytest.mark.parametrize("kind", ["emulator", "env"])
+def test_control_workers_step_every_unit_and_stop(start_state, kind):
+    workers = throughput.Workers(kind, num_workers=2, per_worker=2, start_state=start_state, max_window=8)
+    try:
+        buttons = np.array([0, 3, 5, 7])
+        assert workers.lockstep(buttons)[1] == 4 * 2 * 2
+        assert workers.free_running(buttons)[1] == 4 * 2 * 2
+    finally:
+        workers.close()
+    assert all(process.exitcode == 0 for process in workers.processes)
+
+
+def test_against_emulator_times_every_play_in_every_window(start_state):
+    calls = {"a": [], "b": []}
+
+    def play(name):
+        def run(buttons):
+            calls[name].append(len(buttons))
+            return 0.5, len(buttons)  # 2 steps/s whatever the buttons
+        return run
+
+    rates, emulator_rate = throughput.against_emulator({"a": play("a"), "b": play("b")}, windows=3, window_steps=4,
+                                                       start_state=start_state)
+    assert calls == {"a": [4, 4, 4], "b": [4, 4, 4]}
+    assert rates == {"a": 8.0, "b": 8.0} and emulator_rate > 0
