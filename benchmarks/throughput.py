@@ -124,8 +124,7 @@ class Workers:
                           for wake in self.wake]
         for process in self.processes:
             process.start()
-        for _ in self.wake:
-            self.finished.acquire()  # every worker has built its emulators
+        self._wait_for_all()  # every worker has built its emulators
 
     def work(self, kind, per_worker, start_state, wake):
         if kind == "emulator":
@@ -145,12 +144,16 @@ class Workers:
                     unit.step(button)
             self.finished.release()
 
+    def _wait_for_all(self):
+        for _ in self.wake:
+            if not self.finished.acquire(timeout=60):  # a worker that died would otherwise hang the run
+                raise RuntimeError("a control worker stopped answering: see its traceback above")
+
     def _run(self, command):
         self.button.value = command
         for wake in self.wake:
             wake.release()
-        for _ in self.wake:
-            self.finished.acquire()
+        self._wait_for_all()
 
     def lockstep(self, buttons):
         start = time.perf_counter()

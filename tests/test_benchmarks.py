@@ -19,7 +19,7 @@ def start_state():
 
 
 @pytest.mark.parametrize("kind", ["emulator", "env"])
-def test_control_workers_step_every_unit_and_stop(start_state, kind):
+def test_control_workers_answer_every_round_and_stop(start_state, kind):
     workers = throughput.Workers(kind, num_workers=2, per_worker=2, start_state=start_state, max_window=8)
     try:
         buttons = np.array([0, 3, 5, 7])
