@@ -33,6 +33,7 @@ Exit status: 0 done; 2 refused (bad arguments, no or unusable checkpoint, missin
 stderr, prefixed "play_pokemon.py: error:"); 130 stopped by Ctrl-C (finished episodes are still
 reported, written to --json, and the recording so far is saved).
 """
+import dataclasses
 import glob
 import json
 import os
@@ -41,7 +42,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Annotated, Optional, TypeVar
 
 # ppo_pokemon first: it silences dependencies' import-time notices, keeping stderr for our messages.
 from ppo_pokemon import Agent, CheckpointError, load_checkpoint  # isort: skip
@@ -52,11 +53,16 @@ import tyro
 
 import pokemon_env
 
+T = TypeVar("T")
+
+
+CheckpointsByDefault = Annotated[T, tyro.conf.arg(help_behavior_hint="(default: the checkpoint's)")]
+
 
 @dataclass
 class Args:
-    checkpoint: Optional[str] = None
-    """checkpoint file, or a folder to take its newest .pt (default: the newest checkpoints/**/*.pt)"""
+    checkpoint: Annotated[Optional[str], tyro.conf.arg(help_behavior_hint="(default: the newest checkpoints/**/*.pt)")] = None
+    """checkpoint file, or a folder to take its newest .pt"""
     episodes: int = 1
     """number of episodes to play"""
     render: bool = False
@@ -65,20 +71,21 @@ class Args:
     """with --render: emulation speed as a multiple of real time; 0 = unlimited"""
     record: Optional[str] = None
     """write the episodes to this .gif or .mp4 file (full-resolution screen, one frame per step)"""
-    record_fps: Optional[float] = None
-    """frame rate of the recording (default: 4x game speed, 60 / frame_skip * 4)"""
+    record_fps: Annotated[Optional[float], tyro.conf.arg(help_behavior_hint="(default: 4x game speed)")] = None
+    """frame rate of the recording (4x game speed is 60 / frame_skip * 4)"""
     greedy: bool = False
     """if toggled, take the most likely action; by default sample from the policy, as in training"""
     seed: int = 1
     """seed of the episodes (env resets) and of the action sampling"""
     json: Optional[str] = None
     """write per-episode results and a summary to this JSON file"""
-    rom_path: Optional[str] = None
-    """play on this ROM (default: the checkpoint's)"""
-    init_state: Optional[str] = None
-    """start every episode from this PyBoy save state (default: the checkpoint's; 'boot': from power-on)"""
-    max_steps: Optional[int] = None
-    """episode length limit in agent steps (default: the checkpoint's)"""
+    # Overrides of the checkpoint's environment settings (pokemon_env.EnvSettings)
+    rom_path: CheckpointsByDefault[Optional[str]] = None
+    """play on this ROM"""
+    init_state: CheckpointsByDefault[Optional[str]] = None
+    """start every episode from this PyBoy save state ('boot': from power-on)"""
+    max_steps: CheckpointsByDefault[Optional[int]] = None
+    """episode length limit in agent steps"""
     cuda: bool = False
     """if toggled, run the network on CUDA when available (one env needs no GPU)"""
 
@@ -148,13 +155,15 @@ def env_settings(checkpoint: dict, args: Args) -> dict:
     """PokemonRedEnv keyword arguments: the checkpoint's, with the command line's overrides."""
     if not isinstance(checkpoint.get("env_kwargs"), dict) or "obs_shape" not in checkpoint:
         raise PlayError("checkpoint lacks its environment settings (env_kwargs, obs_shape)")
-    env_kwargs = dict(checkpoint["env_kwargs"])
-    if args.rom_path is not None:
-        env_kwargs["rom_path"] = args.rom_path
-    if args.init_state is not None:
-        env_kwargs["init_state"] = None if args.init_state == "boot" else args.init_state
-    if args.max_steps is not None:
-        env_kwargs["max_steps"] = args.max_steps
+    try:
+        settings = pokemon_env.EnvSettings(**checkpoint["env_kwargs"])
+    except TypeError as e:  # a setting this pokemon_env.py does not know
+        raise PlayError(f"the checkpoint's environment settings do not fit pokemon_env.py: {e}") from None
+    overrides = {"rom_path": args.rom_path, "init_state": args.init_state, "max_steps": args.max_steps}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if args.init_state == "boot":
+        settings.init_state = None
+    env_kwargs = dataclasses.asdict(settings)
     rom_path = env_kwargs.get("rom_path")
     if rom_path is None or not os.path.isfile(rom_path):
         origin = "" if args.rom_path is not None else " (the checkpoint's ROM path; give --rom-path)"

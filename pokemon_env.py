@@ -13,13 +13,17 @@ reading the game's RAM, then restores that start state from memory on every rese
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
+import math
 import multiprocessing
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 # PufferLib first: it hides the import notice of the unmaintained gym package it depends on.
 import pufferlib.emulation
@@ -45,7 +49,6 @@ from pyboy.plugins.game_wrapper_pokemon_gen1_constants import (
 
 ACTIONS = ["a", "b", "up", "down", "left", "right", "start", "select"]  # PyBoy's button names
 
-DEFAULT_ROM_PATH = Path(__file__).resolve().parent / "roms" / "pokemon_red.gb"
 RED_SHA1 = "ea9bcae617fdf159b045185467ae58b2e4a48b9a"
 KNOWN_ROMS = {RED_SHA1: "Pokemon Red", "d7037c83e1ae5b39bde3c30787637ba1d4c48ce2": "Pokemon Blue"}
 STANDIN_TITLE = "STANDIN"  # our own test cartridge, rebuilt often, so known by title, not hash
@@ -193,6 +196,57 @@ def _bits(data) -> int:
     return int.from_bytes(bytes(data), "little")
 
 
+@dataclass
+class EnvSettings:
+    """The environment's settings, declared once: PokemonRedEnv's keyword arguments, the trainer's
+    flags (--frame-skip, --badge-reward, ...) and the `env_kwargs` that checkpoints record."""
+
+    rom_path: str = "roms/pokemon_red.gb"
+    """the Game Boy ROM; roms/standin.gb is our own stand-in cartridge for a no-ROM demo"""
+    init_state: Optional[str] = None
+    """a PyBoy save state to start every episode from; None: boot the ROM and play the intro"""
+    frame_skip: int = 24
+    """emulator frames per action"""
+    max_steps: int = 4096
+    """episode length limit in agent steps (a truncation, not a termination)"""
+    obs_height: int = 84
+    """observation height in pixels"""
+    obs_width: int = 84
+    """observation width in pixels"""
+    grayscale: bool = True
+    """one gray channel per frame instead of three colour channels"""
+    frame_stack: int = 4
+    """number of stacked frames in an observation"""
+    badge_reward: float = 4.0
+    """reward for each new gym badge"""
+    explore_reward: float = 0.01
+    """reward for each new map tile visited in an episode"""
+    level_reward: float = 0.01
+    """reward for each party level gained"""
+    event_reward: float = 1.6
+    """reward for each new event flag set"""
+    seen_reward: float = 1.6
+    """reward for each new Pokedex entry seen"""
+    owned_reward: float = 1.6
+    """reward for each new Pokedex entry owned"""
+    heal_reward: float = 0.8
+    """reward for healing the party outside battle (per share of total max HP restored)"""
+    blackout_penalty: float = 0.08
+    """penalty for each blackout (party wiped out)"""
+
+    def problem(self) -> Optional[str]:
+        """Why these settings cannot work, in one line naming the flag, or None."""
+        minimums = dict(frame_skip=2, max_steps=1, obs_height=1, obs_width=1, frame_stack=1)
+        for name, minimum in minimums.items():
+            if getattr(self, name) < minimum:
+                return f"--{name.replace('_', '-')} must be at least {minimum} (got {getattr(self, name)})"
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith(("_reward", "_penalty")) and not (math.isfinite(value) and value >= 0):
+                return f"--{field.name.replace('_', '-')} must be a finite number >= 0 (got {value})"
+        return None
+
+
 # Start states the intro driver reached, by ROM SHA-1: later envs in this process, and worker
 # processes forked from it, skip the intro.
 _booted_start_states: dict[str, bytes] = {}
@@ -210,49 +264,33 @@ class PokemonRedEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 60}
 
-    def __init__(
-        self,
-        rom_path=DEFAULT_ROM_PATH,
-        init_state=None,
-        frame_skip: int = 24,
-        obs_height: int = 84,
-        obs_width: int = 84,
-        grayscale: bool = True,
-        frame_stack: int = 4,
-        max_steps: int = 4096,
-        badge_reward: float = 4.0,
-        explore_reward: float = 0.01,
-        level_reward: float = 0.01,
-        event_reward: float = 1.6,
-        seen_reward: float = 1.6,
-        owned_reward: float = 1.6,
-        heal_reward: float = 0.8,
-        blackout_penalty: float = 0.08,
-        render_mode: str | None = None,
-        intro_frame_budget: int = INTRO_FRAME_BUDGET,
-    ):
+    def __init__(self, render_mode: str | None = None, intro_frame_budget: int = INTRO_FRAME_BUDGET,
+                 **settings):
+        """`settings`: the keyword arguments of EnvSettings (rom_path, init_state, frame_skip, ...)."""
         if render_mode not in (None, "rgb_array", "human"):
             raise ValueError(f"render_mode must be None, 'rgb_array' or 'human', not {render_mode!r}")
-        if frame_skip < 2 or frame_stack < 1 or obs_height < 1 or obs_width < 1 or max_steps < 1:
-            raise ValueError("frame_skip must be >= 2; frame_stack, obs sizes and max_steps >= 1")
-        self.frame_skip, self.max_steps, self.grayscale = frame_skip, max_steps, grayscale
-        self.obs_size = (obs_width, obs_height)  # cv2 order
+        self.settings = s = EnvSettings(**settings)
+        problem = s.problem()
+        if problem:
+            raise ValueError(problem)
+        self.frame_skip, self.max_steps, self.grayscale = s.frame_skip, s.max_steps, s.grayscale
+        self.obs_size = (s.obs_width, s.obs_height)  # cv2 order
         self.render_mode = render_mode
-        self.hold_frames = min(HOLD_FRAMES, frame_skip // 2)
+        self.hold_frames = min(HOLD_FRAMES, s.frame_skip // 2)
         self.weights = dict(
-            badge=badge_reward, explore=explore_reward, level=level_reward, event=event_reward,
-            seen=seen_reward, owned=owned_reward, heal=heal_reward, blackout=-blackout_penalty,
+            badge=s.badge_reward, explore=s.explore_reward, level=s.level_reward, event=s.event_reward,
+            seen=s.seen_reward, owned=s.owned_reward, heal=s.heal_reward, blackout=-s.blackout_penalty,
         )  # fmt: skip
 
-        channels = 1 if grayscale else 3
+        channels = 1 if s.grayscale else 3
         self.channels = channels
         self.observation_space = gymnasium.spaces.Box(
-            0, 255, (frame_stack * channels, obs_height, obs_width), np.uint8
+            0, 255, (s.frame_stack * channels, s.obs_height, s.obs_width), np.uint8
         )
         self.action_space = gymnasium.spaces.Discrete(len(ACTIONS))
         self.frames = np.zeros(self.observation_space.shape, np.uint8)
 
-        rom, self.rom_name = load_rom(rom_path)
+        rom, self.rom_name = load_rom(s.rom_path)
         self.rom_sha1 = hashlib.sha1(rom).hexdigest()
         # The ROM goes in as bytes: PyBoy then neither reads nor writes a .ram beside the user's file.
         self.pyboy = PyBoy(
@@ -264,8 +302,8 @@ class PokemonRedEnv(gymnasium.Env):
         )
         self.pyboy.set_emulation_speed(1 if render_mode == "human" else 0)
         try:
-            if init_state is not None:
-                self.start_state = self._load_init_state(init_state)
+            if s.init_state is not None:
+                self.start_state = self._load_init_state(s.init_state)
             else:
                 if self.rom_sha1 not in _booted_start_states:
                     drive_intro(self.pyboy, intro_frame_budget)

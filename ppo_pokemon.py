@@ -55,39 +55,9 @@ class Args:
     torch_threads: int = 0
     """CPU threads for the PPO update (0: one per physical core); the rollout uses one"""
 
-    # Environment (mirrors pokemon_env.py; stored in checkpoints for play_pokemon.py)
-    rom_path: str = "roms/pokemon_red.gb"
-    """the Game Boy ROM; roms/standin.gb is our own stand-in cartridge for a no-ROM demo"""
-    init_state: Optional[str] = None
-    """a PyBoy save state to start every episode from; None: boot the ROM and play the intro"""
-    frame_skip: int = 24
-    """emulator frames per action"""
-    max_steps: int = 4096
-    """episode length limit in agent steps (a truncation, not a termination)"""
-    obs_height: int = 84
-    """observation height in pixels"""
-    obs_width: int = 84
-    """observation width in pixels"""
-    grayscale: bool = True
-    """one gray channel per frame instead of three colour channels"""
-    frame_stack: int = 4
-    """number of stacked frames in an observation"""
-    badge_reward: float = 4.0
-    """reward for each new gym badge"""
-    explore_reward: float = 0.01
-    """reward for each new map tile visited in an episode"""
-    level_reward: float = 0.01
-    """reward for each party level gained"""
-    event_reward: float = 1.6
-    """reward for each new event flag set"""
-    seen_reward: float = 1.6
-    """reward for each new Pokedex entry seen"""
-    owned_reward: float = 1.6
-    """reward for each new Pokedex entry owned"""
-    heal_reward: float = 0.8
-    """reward for healing the party outside battle (per share of total max HP restored)"""
-    blackout_penalty: float = 0.08
-    """penalty for each blackout (party wiped out)"""
+    env: tyro.conf.OmitArgPrefixes[pokemon_env.EnvSettings] = dataclasses.field(
+        default_factory=pokemon_env.EnvSettings)
+    """the environment's settings, declared in pokemon_env.EnvSettings (recorded in checkpoints)"""
 
     # Vectorisation
     vec_backend: Literal["auto", "serial", "multiprocessing"] = "auto"
@@ -144,28 +114,6 @@ class Args:
     """log the exploration heatmap every this many updates"""
     resume: Optional[str] = None
     """continue a run from this checkpoint, with its settings except flags given again here"""
-
-
-def env_kwargs_from_args(args: Args) -> dict:
-    """The keyword arguments for pokemon_env.make_env, from the trainer's arguments."""
-    return dict(
-        rom_path=args.rom_path,
-        init_state=args.init_state,
-        frame_skip=args.frame_skip,
-        max_steps=args.max_steps,
-        obs_height=args.obs_height,
-        obs_width=args.obs_width,
-        grayscale=args.grayscale,
-        frame_stack=args.frame_stack,
-        badge_reward=args.badge_reward,
-        explore_reward=args.explore_reward,
-        level_reward=args.level_reward,
-        event_reward=args.event_reward,
-        seen_reward=args.seen_reward,
-        owned_reward=args.owned_reward,
-        heal_reward=args.heal_reward,
-        blackout_penalty=args.blackout_penalty,
-    )
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -322,8 +270,11 @@ def check_args(args: Args, physical_cores: int) -> Optional[str]:
         return "--learning-rate, --clip-coef and --max-grad-norm must be positive"
     if args.target_kl is not None and args.target_kl <= 0:
         return f"--target-kl must be positive (got {args.target_kl})"
-    if min(args.obs_height, args.obs_width) < 36:
-        return f"observations must be at least 36x36 for the CNN (got {args.obs_height}x{args.obs_width})"
+    env_problem = args.env.problem()
+    if env_problem:
+        return env_problem
+    if min(args.env.obs_height, args.env.obs_width) < 36:
+        return f"observations must be at least 36x36 for the CNN (got {args.env.obs_height}x{args.env.obs_width})"
     backend, num_workers = choose_vectorization(args, physical_cores)
     if backend == "serial" and args.num_workers is not None:
         return "--num-workers applies only to --vec-backend multiprocessing"
@@ -332,11 +283,11 @@ def check_args(args: Args, physical_cores: int) -> Optional[str]:
             return f"--num-envs ({args.num_envs}) must be divisible by --num-workers ({num_workers})"
         if num_workers > physical_cores:
             return f"--num-workers ({num_workers}) exceeds the {physical_cores} physical cores"
-    if not os.path.isfile(args.rom_path):
-        return (f"ROM not found: {args.rom_path}: put your own legally obtained Pokemon Red there "
+    if not os.path.isfile(args.env.rom_path):
+        return (f"ROM not found: {args.env.rom_path}: put your own legally obtained Pokemon Red there "
                 f"(SHA-1 {pokemon_env.RED_SHA1}), or try --rom-path roms/standin.gb")
-    if args.init_state is not None and not os.path.isfile(args.init_state):
-        return f"init state not found: {args.init_state}"
+    if args.env.init_state is not None and not os.path.isfile(args.env.init_state):
+        return f"init state not found: {args.env.init_state}"
     return None
 
 
@@ -346,14 +297,18 @@ def fail(message: str):
     sys.exit(2)
 
 
-def flags_given(argv) -> set:
-    """The Args fields set on the command line: --num-envs 8, --num-envs=8, --no-cuda."""
-    names = set()
-    for token in argv:
-        if token.startswith("--"):
-            name = token[2:].split("=", 1)[0].replace("-", "_")
-            names.add(name[3:] if name.startswith("no_") else name)
-    return names
+def flat_args(args: Args) -> dict:
+    """Args as one flat dict, the environment's settings beside the rest, as checkpoints store them."""
+    flat = {field.name: getattr(args, field.name) for field in dataclasses.fields(Args) if field.name != "env"}
+    return {**flat, **dataclasses.asdict(args.env)}
+
+
+def args_from_flat(flat: dict) -> Args:
+    """The inverse of flat_args; names this version does not know are ignored."""
+    env_names = {field.name for field in dataclasses.fields(pokemon_env.EnvSettings)}
+    names = {field.name for field in dataclasses.fields(Args)} - {"env"}
+    env = pokemon_env.EnvSettings(**{k: v for k, v in flat.items() if k in env_names})
+    return Args(**{k: v for k, v in flat.items() if k in names}, env=env)
 
 
 def file_sha1(path: str) -> str:
@@ -528,26 +483,23 @@ if __name__ == "__main__":
             checkpoint = load_checkpoint(args.resume)
         except CheckpointError as e:
             fail(str(e))
-        given = flags_given(sys.argv[1:])
-        for key, value in checkpoint["args"].items():
-            if hasattr(args, key) and key not in given and key != "resume":
-                setattr(args, key, value)
+        args = tyro.cli(Args, default=args_from_flat({**checkpoint["args"], "resume": args.resume}))
     physical_cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     problem = check_args(args, physical_cores)
     if problem:
         fail(problem)
-    saved_args = dataclasses.asdict(args)  # as given, before the derived sizes below
+    saved_args = flat_args(args)  # as given, before the derived sizes below
     if args.num_steps is None:
         args.num_steps = args.batch_size // args.num_envs
     args.batch_size = int(args.num_envs * args.num_steps)
     num_iterations = args.total_timesteps // args.batch_size
-    env_kwargs = env_kwargs_from_args(args)
-    rom_sha1 = file_sha1(args.rom_path)
-    rom_name = os.path.splitext(os.path.basename(args.rom_path))[0]
+    env_kwargs = dataclasses.asdict(args.env)
+    rom_sha1 = file_sha1(args.env.rom_path)
+    rom_name = os.path.splitext(os.path.basename(args.env.rom_path))[0]
     if checkpoint is not None:
         run_name = checkpoint["run_name"]
         if checkpoint.get("rom_sha1") != rom_sha1:
-            print(f"warning: {args.rom_path} is not the ROM this checkpoint was trained on", file=sys.stderr)
+            print(f"warning: {args.env.rom_path} is not the ROM this checkpoint was trained on", file=sys.stderr)
     else:
         run_name = f"{rom_name}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
@@ -602,7 +554,7 @@ if __name__ == "__main__":
     # Departure from CleanRL: on resume, purge_step hides the events logged after the checkpoint.
     writer = SummaryWriter(f"runs/{run_name}", purge_step=global_step + 1 if checkpoint is not None else None)
     if checkpoint is None:
-        rows = "".join(f"\n| {name} | {value} |" for name, value in vars(args).items())
+        rows = "".join(f"\n| {name} | {value} |" for name, value in saved_args.items())
         writer.add_text("hyperparameters", "| argument | value |\n|---|---|" + rows)
     checkpoint_dir = os.path.join("checkpoints", run_name)
     workers = f", workers: {num_workers}" if num_workers else ""
@@ -624,7 +576,7 @@ if __name__ == "__main__":
             "num_actions": num_actions,
             "env_kwargs": env_kwargs,
             "rom_sha1": rom_sha1,
-            "rom_name": os.path.basename(args.rom_path),
+            "rom_name": os.path.basename(args.env.rom_path),
             "best_badges": best_badges,
             "torch_version": str(torch.__version__),
         })
@@ -808,7 +760,7 @@ if __name__ == "__main__":
             torch.set_num_threads(1)
             eval_start = time.time()
             if eval_env is None:
-                eval_kwargs = {**env_kwargs, "max_steps": args.eval_max_steps or args.max_steps}
+                eval_kwargs = {**env_kwargs, "max_steps": args.eval_max_steps or args.env.max_steps}
                 eval_env = pokemon_env.make_env(**eval_kwargs)
             eval_stats = evaluate(agent, eval_env, args.eval_episodes, args.seed + 1_000_000, device, stop)
             eval_seconds += time.time() - eval_start

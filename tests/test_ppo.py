@@ -1,6 +1,5 @@
 """Unit tests of the trainer's maths and pieces: GAE, the PPO loss, the agent, arguments, heatmap."""
 import dataclasses
-import inspect
 
 import numpy as np
 import pytest
@@ -197,19 +196,20 @@ def any_rom(tmp_path) -> str:
     return str(path)
 
 
-def test_env_arguments_mirror_pokemon_env_defaults():
-    """Every environment argument the trainer passes exists in pokemon_env with the same default."""
-    env_defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(pokemon_env.PokemonRedEnv.__init__).parameters.items()
-    }
-    args = Args()
-    for name, value in ppo_pokemon.env_kwargs_from_args(args).items():
-        assert name in env_defaults, name
-        if name != "rom_path":  # ours is relative to the working directory, like runs/ and checkpoints/
-            assert value == env_defaults[name], name
-    missing = {n for n in env_defaults if n.endswith(("_reward", "_penalty"))} - set(dataclasses.asdict(args))
-    assert not missing, f"reward weights not mirrored in Args: {missing}"
+def test_every_env_setting_is_a_trainer_flag_and_recorded():
+    """Each field of pokemon_env.EnvSettings is a flag of its own name and lands in the flat args."""
+    for field in dataclasses.fields(pokemon_env.EnvSettings):
+        flag = "--" + field.name.replace("_", "-")
+        value = {"rom_path": "x.gb", "init_state": "s.state"}.get(field.name)
+        if isinstance(field.default, bool):
+            argv, value = [("--no-" if field.default else "--") + field.name.replace("_", "-")], not field.default
+        else:
+            value = value or field.default * 2 + 1
+            argv = [flag, str(value)]
+        args = ppo_pokemon.tyro.cli(Args, args=argv)
+        assert getattr(args.env, field.name) == value, flag
+        assert ppo_pokemon.flat_args(args)[field.name] == value, flag
+        assert ppo_pokemon.args_from_flat(ppo_pokemon.flat_args(args)) == args
 
 
 def test_defaults_match_the_design():
@@ -238,12 +238,12 @@ def test_defaults_match_the_design():
     ],
 )
 def test_impossible_arguments_are_refused(changes, message, any_rom):
-    args = dataclasses.replace(Args(rom_path=any_rom), **changes)
+    args = ppo_pokemon.args_from_flat({**ppo_pokemon.flat_args(Args()), "rom_path": any_rom, **changes})
     assert message in ppo_pokemon.check_args(args, physical_cores=2)
 
 
 def test_default_arguments_pass_and_backend_choice(any_rom):
-    args = Args(rom_path=any_rom)
+    args = Args(env=pokemon_env.EnvSettings(rom_path=any_rom))
     assert ppo_pokemon.check_args(args, physical_cores=2) is None
     assert ppo_pokemon.choose_vectorization(args, 2) == ("multiprocessing", 2)
     assert ppo_pokemon.choose_vectorization(args, 8) == ("multiprocessing", 4)
@@ -254,12 +254,6 @@ def test_default_arguments_pass_and_backend_choice(any_rom):
     assert ppo_pokemon.choose_vectorization(three_envs, 2) == ("serial", None)
     one_worker = dataclasses.replace(three_envs, vec_backend="multiprocessing")
     assert ppo_pokemon.choose_vectorization(one_worker, 2) == ("multiprocessing", 1)
-
-
-def test_flags_given_reads_tyro_spellings():
-    argv = ["--num-envs", "8", "--total-timesteps=100", "--no-cuda", "--resume", "x.pt"]
-    given = ppo_pokemon.flags_given(argv)
-    assert given == {"num_envs", "total_timesteps", "cuda", "resume"}
 
 
 # ----- Exploration heatmap -----

@@ -1,4 +1,5 @@
 """Subprocess runs of ppo_pokemon.py on the stand-in cartridge, with tiny budgets (as CleanRL tests)."""
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import pokemon_env
 
 pytestmark = pytest.mark.slow
 
@@ -100,6 +103,8 @@ def test_run_writes_loadable_checkpoints(run):
     assert checkpoint["obs_shape"] == [4, 84, 84] and checkpoint["num_actions"] == 8
     assert checkpoint["rom_sha1"] == hashlib.sha1(STANDIN_ROM.read_bytes()).hexdigest()
     assert checkpoint["env_kwargs"]["max_steps"] == 40 and checkpoint["args"]["num_envs"] == 2
+    env_names = [field.name for field in dataclasses.fields(pokemon_env.EnvSettings)]
+    assert list(checkpoint["env_kwargs"]) == env_names  # every setting of the env is recorded
     assert {"model", "optimizer", "rng", "run_name"} <= set(checkpoint)
     from ppo_pokemon import Agent
 
