@@ -4,6 +4,7 @@
     python play_pokemon.py --checkpoint run.pt --render      # watch it in a Game Boy window, in real time
     python play_pokemon.py --episodes 10 --json eval.json    # evaluate; per-episode results and a summary
     python play_pokemon.py --record agent.gif --max-steps 300
+    python play_pokemon.py --episodes 8 --world-map world.png  # where the episodes went, on the world map
 
 The agent and the environment settings (observation shape, frame skip, rewards, ROM, start state,
 episode length) come from the checkpoint; --rom-path, --init-state and --max-steps override them.
@@ -47,6 +48,7 @@ from typing import Annotated, Optional, TypeVar
 # ppo_pokemon first: it silences dependencies' import-time notices, keeping stderr for our messages.
 from ppo_pokemon import Agent, CheckpointError, load_checkpoint  # isort: skip
 
+import cv2
 import numpy as np
 import torch
 import tyro
@@ -79,6 +81,8 @@ class Args:
     """seed of the episodes (env resets) and of the action sampling"""
     json: Optional[str] = None
     """write per-episode results and a summary to this JSON file"""
+    world_map: Optional[str] = None
+    """draw where the episodes went on the game's world map into this .png file"""
     # Overrides of the checkpoint's environment settings (pokemon_env.EnvSettings)
     rom_path: CheckpointsByDefault[Optional[str]] = None
     """play on this ROM"""
@@ -135,6 +139,25 @@ def check_args(args: Args) -> Optional[str]:
             return f"--record-fps must be in (0, {max_fps}] for a {extension} (got {args.record_fps})"
     if args.json is not None and os.path.isdir(args.json):
         return f"--json {args.json} is a folder; give a file name"
+    if args.world_map is not None:
+        if not args.world_map.lower().endswith(".png"):
+            return f"--world-map must end in .png (got {args.world_map!r})"
+        problem = cannot_write(args.world_map)
+        if problem:
+            return f"cannot write --world-map {args.world_map}: {problem}"
+    return None
+
+
+def cannot_write(path: str) -> Optional[str]:
+    """Why a file cannot be written at `path` (its folder made if missing), or None: tried for real."""
+    existed = os.path.exists(path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        open(path, "ab").close()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    if not existed:
+        os.remove(path)
     return None
 
 
@@ -315,8 +338,11 @@ def screen_rgb(env) -> np.ndarray:
     return env.pyboy.screen.ndarray[:, :, :3].copy()  # PyBoy reuses its buffer: copy at once
 
 
-def play_episode(env, agent, seed: int, greedy: bool, device, recorder: Optional[Recorder]) -> dict:
-    """One episode to its end; returns the env's end-of-episode statistics plus action counts."""
+def play_episode(env, agent, seed: int, greedy: bool, device, recorder: Optional[Recorder],
+                 visit_counts: Optional[dict] = None) -> dict:
+    """One episode to its end; returns the env's end-of-episode statistics plus action counts.
+
+    With visit_counts, the episode's visited tiles are counted into it (pokemon_env.add_visits)."""
     next_obs, _ = env.reset(seed=seed)
     if recorder is not None:
         recorder.add(screen_rgb(env))
@@ -333,6 +359,8 @@ def play_episode(env, agent, seed: int, greedy: bool, device, recorder: Optional
         if terminated or truncated:
             break
     result = {"episode_return": episode_return, "episode_length": episode_length}
+    if visit_counts is not None:
+        pokemon_env.add_visits(visit_counts, info["visited_tiles"])
     for key, value in info.items():  # the env's statistics, scalars only (not the visited tiles)
         if np.ndim(value) == 0:
             value = value.item() if isinstance(value, np.generic) else value
@@ -440,11 +468,12 @@ def main(argv=None):
           f"{args.episodes} episode{'s' if args.episodes > 1 else ''} of {env.max_steps} steps", flush=True)
 
     results, interrupted, start = [], False, time.time()
+    visit_counts = {} if args.world_map is not None else None
     try:
         for episode in range(args.episodes):
             seed = args.seed + episode
             result = {"episode": episode + 1, "seed": seed}
-            result.update(play_episode(env, agent, seed, args.greedy, device, recorder))
+            result.update(play_episode(env, agent, seed, args.greedy, device, recorder, visit_counts))
             results.append(result)
             print(episode_line(episode + 1, args.episodes, result), flush=True)
     except KeyboardInterrupt:
@@ -463,6 +492,10 @@ def main(argv=None):
         print(summary_table(summary))
     if recorder is not None and recorder.frames:
         print(f"recording: {args.record} ({recorder.frames} frames at {recorder.fps:g} fps)")
+    if visit_counts:
+        image = pokemon_env.render_world_map(visit_counts, len(results), pokemon_env.load_world(rom_path))
+        cv2.imwrite(args.world_map, image[..., ::-1])  # RGB to OpenCV's BGR
+        print(f"world map: {args.world_map}")
     if args.json is not None:
         write_json(args.json, {
             "checkpoint": checkpoint_path,

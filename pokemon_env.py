@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import json
 import math
 import multiprocessing
 import os
@@ -550,6 +551,191 @@ class PokemonRedEnv(gymnasium.Env):
         info.update({f"reward_{term}": total for term, total in self.reward_totals.items()})
         info["visited_tiles"] = visited  # map_id << 16 | y << 8 | x, for the exploration heatmap
         return info
+
+
+# ----- Where the agents went: per-map panels and the world map. Numbers, not art: no game graphics. -----
+
+WORLD_MAP_FILE = Path(__file__).resolve().parent / "world_map.json"  # written by tools/derive_world_map.py
+NOT_VISITED, NO_MAP, LABEL = (75, 75, 75), (20, 20, 20), (230, 230, 230)  # RGB
+FONT, LEGEND_HEIGHT = cv2.FONT_HERSHEY_PLAIN, 34
+
+
+@functools.cache
+def _worlds() -> dict:
+    return json.loads(WORLD_MAP_FILE.read_text())["worlds"]
+
+
+def load_world(rom_path) -> dict:
+    """The world of the game in this ROM (world_map.json): the stand-in cartridge's own, else Pokemon Red's.
+
+    Returns {"name", "source", "connections", "maps": {map id: {"name", "width", "height", and "x", "y"
+    for an outdoor map or "door": [outdoor map id, x, y] and "via" for an indoor one}}}.
+    """
+    with open(rom_path, "rb") as f:
+        title = f.read(0x144)[0x134:].split(b"\0")[0].decode("ascii", "replace")
+    name = "standin" if title == STANDIN_TITLE else "pokemon_red"
+    world = _worlds()[name]
+    return {**world, "name": name, "maps": {m["id"]: m for m in world["maps"]}}
+
+
+def add_visits(visit_counts: dict, visited_tiles) -> None:
+    """Count one episode's visited tiles (map_id << 16 | y << 8 | x) into per-map 256x256 grids."""
+    tiles = np.unique(np.asarray(visited_tiles, dtype=np.int64))
+    for map_id in np.unique(tiles >> 16):
+        on_map = tiles[(tiles >> 16) == map_id]
+        grid = visit_counts.setdefault(int(map_id), np.zeros((256, 256), dtype=np.int32))
+        grid[(on_map >> 8) & 0xFF, on_map & 0xFF] += 1
+
+
+def colour_share(share):
+    """Colours for shares in [0, 1]: dark purple (few episodes) to yellow (all of them)."""
+    levels = (40 + 215 * np.clip(share, 0.0, 1.0)).astype(np.uint8)
+    return cv2.applyColorMap(levels, cv2.COLORMAP_INFERNO)[..., ::-1].copy()  # BGR to RGB
+
+
+def _map_tiles(counts, num_episodes: int, size) -> np.ndarray:
+    """A map's tiles (height, width, 3): the share of episodes on each; unvisited tiles grey."""
+    counts = np.zeros(size, np.int32) if counts is None else counts[: size[0], : size[1]]
+    tiles = colour_share(counts / max(num_episodes, 1))
+    tiles[counts == 0] = NOT_VISITED
+    return tiles
+
+
+def _map_size(world: dict, map_id: int, counts) -> tuple[int, int]:
+    """(height, width) in steps: the world's, else up to the farthest tile visited."""
+    entry = world["maps"].get(map_id)
+    if entry is not None:
+        return entry["height"], entry["width"]
+    ys, xs = np.nonzero(counts)
+    return ys.max() + 1, xs.max() + 1
+
+
+def _episodes(count: int) -> str:
+    return f"{count} episode{'' if count == 1 else 's'}"
+
+
+def _legend(width: int, title: str) -> np.ndarray:
+    """Two header lines: the title, and the colour scale with what grey and black mean."""
+    header = np.full((LEGEND_HEIGHT, width, 3), NO_MAP, np.uint8)
+    cv2.putText(header, title, (6, 13), FONT, 0.9, LABEL, 1, cv2.LINE_AA)
+    cv2.putText(header, "episodes on a tile: 0", (6, 29), FONT, 0.8, LABEL, 1, cv2.LINE_AA)
+    header[20:30, 150:230] = colour_share(np.linspace(0, 1, 80)[None].repeat(10, 0))
+    cv2.putText(header, "all", (234, 29), FONT, 0.8, LABEL, 1, cv2.LINE_AA)
+    header[20:30, 262:272] = NOT_VISITED
+    cv2.putText(header, "not visited", (276, 29), FONT, 0.8, LABEL, 1, cv2.LINE_AA)
+    return header
+
+
+def render_heatmap(visit_counts: dict, num_episodes: int, world: dict, cell: int = 100, columns: int = 6):
+    """An RGB image (H, W, 3) uint8: one panel per visited map, in map id order (stable across calls).
+
+    A panel shows the whole map (grey: no episode stepped there; black: outside the map); a tile's
+    colour is the share of the episodes that stepped on it.
+    """
+    maps = sorted(visit_counts)
+    cols, rows = max(1, min(columns, len(maps))), -(-len(maps) // columns)
+    label_h, pad = 14, 6
+    body = np.full((rows * (label_h + cell + pad), max(pad + cols * (cell + pad), 420), 3), NO_MAP, np.uint8)
+    for i, map_id in enumerate(maps):
+        size = _map_size(world, map_id, visit_counts[map_id])
+        panel = _map_tiles(visit_counts[map_id], num_episodes, size)
+        scale = min(cell / size[0], cell / size[1])
+        scale = math.floor(scale) if scale >= 1 else scale  # whole pixels per tile where they fit
+        panel = cv2.resize(panel, (max(1, int(size[1] * scale)), max(1, int(size[0] * scale))),
+                           interpolation=cv2.INTER_NEAREST)
+        top, left = (i // cols) * (label_h + cell + pad) + label_h, pad + (i % cols) * (cell + pad)
+        body[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
+        name = world["maps"].get(map_id, {}).get("name", f"map 0x{map_id:02x}")[: cell // 7]
+        cv2.putText(body, name, (left, top - 3), FONT, 0.7, LABEL, 1, cv2.LINE_AA)
+    return np.vstack([_legend(body.shape[1], f"{_episodes(num_episodes)}, one panel per map"), body])
+
+
+def world_layout(visit_counts: dict, world: dict) -> dict:
+    """Where render_world_map puts each map, in steps on its canvas (one step a pixel, before scaling).
+
+    Returns {"size": (height, width), "places": {map id: (top, left, height, width)} for the outdoor
+    maps and the visited indoor ones, "doors": {indoor map id: (y, x) of its door}}. Outdoor maps sit at their
+    world positions inside a margin. An indoor map's inset goes as near its door as it can without
+    covering a visited tile, a door or another inset (with a step between), preferring empty space
+    to unvisited maps; maps the world does not place go near the bottom left.
+    """
+    maps = world["maps"]
+    outdoor = [m for m in maps.values() if "x" in m]
+    indoor_sizes = [max(m["width"], m["height"]) for m in maps.values() if "x" not in m]
+    margin = min(24, max(indoor_sizes, default=0)) + 1  # room for insets around the outdoor world
+    height = max(m["y"] + m["height"] for m in outdoor) + 2 * margin
+    width = max(m["x"] + m["width"] for m in outdoor) + 2 * margin
+    on_map = np.zeros((height, width), bool)  # any map's tile: insets would rather not cover these
+    taken = np.zeros((height, width), bool)  # visited tiles, doors and insets: never covered
+    places = {m["id"]: (margin + m["y"], margin + m["x"], m["height"], m["width"]) for m in outdoor}
+    for map_id, (top, left, h, w) in places.items():
+        on_map[top : top + h, left : left + w] = True
+        if map_id in visit_counts:
+            taken[top : top + h, left : left + w] |= visit_counts[map_id][:h, :w] > 0
+    insets, doors = sorted(set(visit_counts) - set(places)), {}
+    for map_id in insets:
+        door = maps.get(map_id, {}).get("door")
+        if door is not None:
+            doors[map_id] = (places[door[0]][0] + door[2], places[door[0]][1] + door[1])
+            taken[doors[map_id]] = True
+    for map_id in insets:
+        h, w = np.minimum(_map_size(world, map_id, visit_counts[map_id]), (height, width))
+        top, left = _free_spot(taken, on_map, (h, w), doors.get(map_id, (height - 1, 0)))
+        places[map_id] = (top, left, h, w)
+        taken[max(0, top - 1) : top + h + 1, max(0, left - 1) : left + w + 1] = True
+    return {"size": (height, width), "places": places, "doors": doors}
+
+
+def render_world_map(visit_counts: dict, num_episodes: int, world: dict, max_size: int = 900):
+    """An RGB image (H, W, 3) uint8 of the whole world: the share of episodes that stepped on each tile.
+
+    Below a legend (LEGEND_HEIGHT pixels), the canvas of world_layout, scaled up to max_size: outdoor
+    maps at their world positions (grey: a tile of the map no episode stepped on; black: no map),
+    and each visited indoor map as an outlined inset, joined by a line to its door (outlined).
+    """
+    layout, maps = world_layout(visit_counts, world), world["maps"]
+    height, width = layout["size"]
+    canvas = np.full((height, width, 3), NO_MAP, np.uint8)
+    for map_id, (top, left, h, w) in layout["places"].items():
+        canvas[top : top + h, left : left + w] = _map_tiles(visit_counts.get(map_id), num_episodes, (h, w))
+
+    scale = max(1, min(16, max_size // max(height, width)))
+    image = cv2.resize(canvas, (width * scale, height * scale), interpolation=cv2.INTER_NEAREST)
+    for map_id, (top, left, h, w) in layout["places"].items():
+        if "x" in maps.get(map_id, {}):
+            continue  # an outdoor map: no outline
+        corner, far = (left * scale - 1, top * scale - 1), ((left + w) * scale, (top + h) * scale)
+        cv2.rectangle(image, corner, far, LABEL, 1)
+        if map_id in layout["doors"]:
+            door_y, door_x = layout["doors"][map_id]
+            door_px = (door_x * scale + scale // 2, door_y * scale + scale // 2)
+            nearest = tuple(int(np.clip(p, c, f)) for p, c, f in zip(door_px, corner, far))
+            cv2.line(image, door_px, nearest, LABEL, 1, cv2.LINE_AA)
+            cv2.rectangle(image, (door_x * scale - 1, door_y * scale - 1),
+                          ((door_x + 1) * scale, (door_y + 1) * scale), LABEL, 1)
+    for map_id, (top, left, _, w) in layout["places"].items():  # names where they fit (not on Red's world)
+        name = maps.get(map_id, {}).get("name", f"map 0x{map_id:02x}")
+        if scale >= 8 and cv2.getTextSize(name, FONT, 0.8, 1)[0][0] <= w * scale:
+            cv2.putText(image, name, (left * scale + 2, top * scale + 11), FONT, 0.8, LABEL, 1, cv2.LINE_AA)
+    game = "the stand-in cartridge" if world["name"] == "standin" else "Pokemon Red"
+    return np.vstack([_legend(image.shape[1], f"{_episodes(num_episodes)}, {game}"), image])
+
+
+def _free_spot(taken, on_map, size, anchor) -> tuple[int, int]:
+    """The top-left corner of the (height, width) rectangle nearest to `anchor` (y, x) that covers
+    nothing taken, with a penalty for covering map tiles; overlapping if nothing else fits (rare)."""
+    h, w = size
+    limit = (taken.shape[0] - h + 1, taken.shape[1] - w + 1)
+    def covered(mask):  # for every top-left corner, how many mask cells the rectangle covers
+        sums = np.pad(mask.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        return sums[h:, w:] - sums[:-h, w:] - sums[h:, :-w] + sums[:-h, :-w]
+
+    tops, lefts = np.arange(limit[0])[:, None], np.arange(limit[1])[None, :]
+    dy = np.maximum(0, np.maximum(tops - anchor[0], anchor[0] - (tops + h - 1)))
+    dx = np.maximum(0, np.maximum(lefts - anchor[1], anchor[1] - (lefts + w - 1)))
+    cost = np.hypot(dy, dx) + (covered(on_map) > 0) * (h + w) + (covered(taken) > 0) * 1e6
+    top, left = np.unravel_index(np.argmin(cost), cost.shape)
+    return int(top), int(left)
 
 
 def make_env(**env_kwargs):

@@ -27,7 +27,6 @@ from typing import Literal, Optional
 warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
 warnings.filterwarnings("ignore", message="Using SDL2 binaries")
 
-import cv2
 import numpy as np
 import psutil
 import pufferlib.exceptions
@@ -111,7 +110,7 @@ class Args:
     eval_max_steps: Optional[int] = None
     """episode length limit during evaluation; None: --max-steps"""
     heatmap_interval: int = 10
-    """log the exploration heatmap every this many updates"""
+    """log the exploration heatmap and the world map every this many updates"""
     resume: Optional[str] = None
     """continue a run from this checkpoint, with its settings except flags given again here"""
 
@@ -314,62 +313,6 @@ def args_from_flat(flat: dict) -> Args:
 def file_sha1(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha1(f.read()).hexdigest()
-
-
-try:  # map names for the heatmap's labels; only labels, so a missing table is no error
-    from pyboy.plugins.game_wrapper_pokemon_gen1_constants import MAPS as _MAP_IDS
-
-    MAP_NAMES = {map_id: name for name, map_id in _MAP_IDS.items()}
-except ImportError:
-    MAP_NAMES = {}
-
-
-def add_visits(visit_counts: dict, visited_tiles) -> None:
-    """Count one episode's visited tiles (map_id << 16 | y << 8 | x) into per-map 256x256 grids."""
-    tiles = np.unique(np.asarray(visited_tiles, dtype=np.int64))
-    for map_id in np.unique(tiles >> 16):
-        on_map = tiles[(tiles >> 16) == map_id]
-        grid = visit_counts.setdefault(int(map_id), np.zeros((256, 256), dtype=np.int32))
-        grid[(on_map >> 8) & 0xFF, on_map & 0xFF] += 1
-
-
-def colour_share(share):
-    """Colours for shares in [0, 1]: dark purple (few episodes) to yellow (all of them)."""
-    levels = (40 + 215 * np.clip(share, 0.0, 1.0)).astype(np.uint8)
-    return cv2.applyColorMap(levels, cv2.COLORMAP_INFERNO)[..., ::-1].copy()  # BGR to RGB
-
-
-def render_heatmap(visit_counts: dict, num_episodes: int, cell: int = 120, max_maps: int = 12):
-    """An RGB image (H, W, 3) uint8: one panel per map, the most visited first, 4 to a row.
-
-    A panel spans its map from the top-left corner to the farthest tile visited; a tile's colour
-    is the share of the episodes that stepped on it (scale in the header; grey: none did).
-    """
-    maps = sorted(visit_counts, key=lambda m: -int(visit_counts[m].sum()))[:max_maps]
-    cols, rows = min(4, len(maps)), math.ceil(len(maps) / 4)
-    label_h, pad, header_h, font, white = 14, 6, 22, cv2.FONT_HERSHEY_PLAIN, (230, 230, 230)
-    width = max(pad + cols * (cell + pad), 300)
-    image = np.full((header_h + rows * (label_h + cell + pad), width, 3), 20, np.uint8)
-    cv2.putText(image, f"{num_episodes} episodes", (pad, 15), font, 0.9, white, 1, cv2.LINE_AA)
-    image[6:16, 150:250] = colour_share(np.linspace(0, 1, 100)[None].repeat(10, 0))
-    cv2.putText(image, "0", (138, 15), font, 0.8, white, 1, cv2.LINE_AA)
-    cv2.putText(image, "all", (254, 15), font, 0.8, white, 1, cv2.LINE_AA)
-    for i, map_id in enumerate(maps):
-        counts = visit_counts[map_id]
-        ys, xs = np.nonzero(counts)
-        counts = counts[: ys.max() + 1, : xs.max() + 1]
-        panel = colour_share(counts / max(num_episodes, 1))
-        panel[counts == 0] = (60, 60, 60)
-        scale = min(cell / counts.shape[0], cell / counts.shape[1])
-        scale = math.floor(scale) if scale >= 1 else scale  # whole pixels per tile where they fit
-        size = (max(1, int(counts.shape[1] * scale)), max(1, int(counts.shape[0] * scale)))
-        panel = cv2.resize(panel, size, interpolation=cv2.INTER_NEAREST)
-        top = header_h + (i // cols) * (label_h + cell + pad) + label_h
-        left = pad + (i % cols) * (cell + pad)
-        image[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
-        name = MAP_NAMES.get(map_id, f"map 0x{map_id:02x}")[:18]
-        cv2.putText(image, name, (left, top - 3), font, 0.8, white, 1, cv2.LINE_AA)
-    return image
 
 
 CHECKPOINT_FORMAT = "ppo_pokemon/1"
@@ -598,7 +541,7 @@ if __name__ == "__main__":
     start_global_step = global_step
     eval_env, eval_seconds = None, 0.0
     recent_returns = deque(maxlen=20)
-    visit_counts, heatmap_episodes = {}, 0
+    visit_counts, heatmap_episodes, world = {}, 0, pokemon_env.load_world(args.rom_path)
     next_obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run does not replay its episodes
     # On CPU next_obs is a view of PufferLib's buffer: obs[step] = next_obs copies it before the next step.
     next_obs = torch.as_tensor(next_obs, device=device)
@@ -648,7 +591,7 @@ if __name__ == "__main__":
                     continue
                 for key, stat in info.items():
                     if key == "visited_tiles":
-                        add_visits(visit_counts, stat)
+                        pokemon_env.add_visits(visit_counts, stat)
                     elif np.ndim(stat) == 0:
                         episode_stats[key].append(float(stat))
                 recent_returns.append(float(info["episode_return"]))
@@ -738,9 +681,11 @@ if __name__ == "__main__":
             writer.add_scalar("episode/count", len(episode_stats["episode_return"]), global_step)
             writer.add_scalar("episode/max_badges", max(episode_stats.get("badges", [0.0])), global_step)
         if heatmap_episodes and (iteration % args.heatmap_interval == 0 or iteration == num_iterations):
-            image = render_heatmap(visit_counts, heatmap_episodes)
+            image = pokemon_env.render_heatmap(visit_counts, heatmap_episodes, world)
             writer.add_image("episode/exploration_heatmap", image, global_step, dataformats="HWC")
-            visit_counts, heatmap_episodes = {}, 0
+            image = pokemon_env.render_world_map(visit_counts, heatmap_episodes, world)
+            writer.add_image("episode/world_map", image, global_step, dataformats="HWC")
+            visit_counts, heatmap_episodes, world = {}, 0, pokemon_env.load_world(args.rom_path)
 
         total_steps = num_iterations * args.batch_size
         eta = (total_steps - global_step) / sps

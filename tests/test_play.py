@@ -14,9 +14,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+import pokemon_env
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +89,8 @@ def played(trained):
     common = ["--episodes", str(EPISODES), "--max-steps", str(MAX_STEPS), "--seed", "7"]
     results = run_all({
         # No --checkpoint: the newest under checkpoints/.
-        "gif": ([PLAYER, *common, "--json", "gif.json", "--record", "out/agent.gif"], cwd, {}),
+        "gif": ([PLAYER, *common, "--json", "gif.json", "--record", "out/agent.gif",
+                 "--world-map", "out/world.png"], cwd, {}),
         # A folder as --checkpoint: its newest .pt. The same seed as "gif".
         "mp4": ([PLAYER, *common, "--checkpoint", "checkpoints", "--json", "mp4.json",
                  "--record", "agent.mp4"], cwd, {}),
@@ -180,6 +184,23 @@ def test_mp4_has_every_step_at_full_resolution(played):
         assert reader.get_data(0).shape == (144, 160, 3)
     finally:
         reader.close()
+
+
+def test_world_map_shows_the_episodes_played(played):
+    """Both episodes start on the bedroom's (3, 6), and 12 steps do not leave the bedroom."""
+    cwd, results = played
+    assert "world map: out/world.png" in results["gif"].stdout
+    assert all(episode["maps_visited"] == 1 for episode in read_json(cwd, "gif.json")["episodes"])
+    world = pokemon_env.load_world(STANDIN_ROM)
+    layout = pokemon_env.world_layout({0x26: np.ones((256, 256), np.int32)}, world)
+    expected = pokemon_env.render_world_map({0x26: np.ones((256, 256), np.int32)}, 1, world)
+    scale = expected.shape[1] // layout["size"][1]
+    top, left, _, _ = layout["places"][0x26]
+    with Image.open(cwd / "out" / "world.png") as png:
+        image = np.asarray(png.convert("RGB"))
+    assert image.shape == expected.shape
+    start = (pokemon_env.LEGEND_HEIGHT + (top + 6) * scale + scale // 2, (left + 3) * scale + scale // 2)
+    assert tuple(image[start]) == tuple(pokemon_env.colour_share(np.ones((1, 1)))[0, 0])  # both episodes
 
 
 def test_same_seed_same_episodes(played):
@@ -386,6 +407,9 @@ def test_unknown_rom_warns_in_one_line(bad_inputs, monkeypatch, capsys):
      "is not a Game Boy ROM"),
     ("zero_episodes", ["--episodes", "0"], "trained", "--episodes must be at least 1"),
     ("record_extension", ["--record", "agent.avi"], "trained", "--record must end in .gif or .mp4"),
+    ("world_map_extension", ["--world-map", "map.jpg"], "trained", "--world-map must end in .png"),
+    ("world_map_unwritable", ["--world-map", "{bad}/notes.txt/map.png"], "trained",
+     "cannot write --world-map"),
     ("negative_speed", ["--render", "--speed", "-1"], "trained", "--speed must be 0 (unlimited) or more"),
 ])  # fmt: skip
 def test_refuses_in_one_line(bad_inputs, monkeypatch, capsys, case, argv, where, message):
@@ -393,6 +417,7 @@ def test_refuses_in_one_line(bad_inputs, monkeypatch, capsys, case, argv, where,
     cwd, checkpoint, bad = bad_inputs
     argv = [arg.format(bad=bad, checkpoint=checkpoint) for arg in argv]
     assert main_in_process(argv, monkeypatch, bad / "empty" if where == "empty" else cwd) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("play_pokemon.py: error: "), lines
-    assert message in lines[0]
+    assert message in lines[0] and "episode 1/" not in captured.out  # refused before playing

@@ -1,4 +1,4 @@
-"""Unit tests of the trainer's maths and pieces: GAE, the PPO loss, the agent, arguments, heatmap."""
+"""Unit tests of the trainer's maths and pieces: GAE, the PPO loss, the agent, arguments, checkpoints."""
 import dataclasses
 
 import numpy as np
@@ -254,25 +254,6 @@ def test_default_arguments_pass_and_backend_choice(any_rom):
     assert ppo_pokemon.choose_vectorization(three_envs, 2) == ("serial", None)
     one_worker = dataclasses.replace(three_envs, vec_backend="multiprocessing")
     assert ppo_pokemon.choose_vectorization(one_worker, 2) == ("multiprocessing", 1)
-
-
-# ----- Exploration heatmap -----
-
-
-def test_heatmap_counts_episodes_per_tile_and_renders_a_grid():
-    counts = {}
-    tile = lambda map_id, y, x: map_id << 16 | y << 8 | x  # noqa: E731
-    first = [tile(0x26, 3, 4), tile(0x26, 3, 5), tile(0x00, 10, 2)]
-    ppo_pokemon.add_visits(counts, np.array(first, np.int32))
-    ppo_pokemon.add_visits(counts, np.array([tile(0x26, 3, 4)], np.int32))
-    assert counts[0x26][3, 4] == 2 and counts[0x26][3, 5] == 1 and counts[0x00][10, 2] == 1
-    assert counts[0x26].sum() == 3
-    image = ppo_pokemon.render_heatmap(counts, num_episodes=2)
-    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-    assert image.shape[0] <= 400 and image.shape[1] <= 600  # compact
-    many = {m: np.ones((256, 256), np.int32) for m in range(30)}
-    image = ppo_pokemon.render_heatmap(many, num_episodes=1)  # at most 12 panels, 4 across
-    assert image.shape[0] <= 600 and image.shape[1] <= 600
 
 
 def test_checkpoint_round_trip_and_bad_files(tmp_path):

@@ -80,7 +80,9 @@ def test_run_writes_every_tag_and_sane_episode_stats(run):
     accumulator = events(cwd)
     tags = set(accumulator.Tags()["scalars"])
     assert REQUIRED_TAGS <= tags, REQUIRED_TAGS - tags
-    assert "episode/exploration_heatmap" in accumulator.Tags()["images"]
+    assert {"episode/exploration_heatmap", "episode/world_map"} <= set(accumulator.Tags()["images"])
+    standin_world = pokemon_env.render_world_map({}, 1, pokemon_env.load_world(STANDIN_ROM))
+    assert accumulator.Images("episode/world_map")[-1].width == standin_world.shape[1]  # not Red's world
     # The trainer received the env's end-of-episode infos (PufferLib passes them as a flat list).
     assert sum(value for _, value in scalars(accumulator, "episode/count")) == 4
     assert all(value == 40 for _, value in scalars(accumulator, "episode/mean_length"))
