@@ -9,6 +9,9 @@ truncation after `max_steps` steps.
 
 Without `init_state`, the environment boots the ROM and drives the new-game intro itself by
 reading the game's RAM, then restores that start state from memory on every reset.
+
+The pictures of where episodes went (per-map panels, the world map) live here too, being game
+knowledge: the trainer and the player only call them. Map positions come from world_map.json.
 """
 
 from __future__ import annotations

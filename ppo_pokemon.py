@@ -222,7 +222,7 @@ def ppo_loss(newlogprob, entropy, newvalue, logprobs, advantages, returns, value
     return pg_loss, v_loss, entropy.mean(), old_approx_kl, approx_kl, clipfrac
 
 
-# Ours, not CleanRL's: choosing the backend, the heatmap, checkpoints, Ctrl-C and evaluation.
+# Ours, not CleanRL's: choosing the backend, checkpoints, Ctrl-C and evaluation.
 
 
 def choose_vectorization(args: Args, physical_cores: int):
