@@ -541,7 +541,7 @@ if __name__ == "__main__":
     start_global_step = global_step
     eval_env, eval_seconds = None, 0.0
     recent_returns = deque(maxlen=20)
-    visit_counts, heatmap_episodes, world = {}, 0, pokemon_env.load_world(args.rom_path)
+    visit_counts, heatmap_episodes, world = {}, 0, pokemon_env.load_world(args.env.rom_path)
     next_obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run does not replay its episodes
     # On CPU next_obs is a view of PufferLib's buffer: obs[step] = next_obs copies it before the next step.
     next_obs = torch.as_tensor(next_obs, device=device)
@@ -685,7 +685,7 @@ if __name__ == "__main__":
             writer.add_image("episode/exploration_heatmap", image, global_step, dataformats="HWC")
             image = pokemon_env.render_world_map(visit_counts, heatmap_episodes, world)
             writer.add_image("episode/world_map", image, global_step, dataformats="HWC")
-            visit_counts, heatmap_episodes, world = {}, 0, pokemon_env.load_world(args.rom_path)
+            visit_counts, heatmap_episodes = {}, 0
 
         total_steps = num_iterations * args.batch_size
         eta = (total_steps - global_step) / sps
