@@ -42,6 +42,7 @@ warnings.filterwarnings("ignore", message="Using SDL2 binaries")  # PyBoy's impo
 from pyboy import PyBoy  # noqa: E402
 from pyboy.plugins.game_wrapper_pokemon_gen1_constants import (
     CURRENT_OPPONENT_ADDRESS,
+    EVENT_FLAGS,
     EVENT_FLAGS_ADDRESS,
     OBTAINED_BADGES_ADDRESS,
     PARTY_COUNT_ADDRESS,
@@ -64,9 +65,25 @@ POKEDEX_OWNED, POKEDEX_SEEN, POKEDEX_BYTES = 0xD2F7, 0xD30A, 19
 EVENT_FLAGS_BYTES = 320
 MON_HP, MON_LEVEL, MON_MAX_HP = 0x01, 0x21, 0x22  # offsets inside a 44-byte party struct
 NUM_MAPS, MAX_LEVEL = 0xF8, 100
+OAKS_LAB = 0x28
+# Event flags that are state, not progress: the game sets and resets them as the player comes and
+# goes, so they pay nothing. Names as in PyBoy's EVENT_FLAGS; where pret/pokered sets or resets each.
+UNPAID_EVENTS = (
+    "bought_museum_ticket",  # reset every frame in Pewter City, set per ticket (scripts/PewterCity.asm)
+    "2a7",  # set after every battle in Cinnabar Gym, reset by its script (home/overworld.asm)
+    "in_safari_zone", "safari_game_over",  # a Safari Game under way or over (scripts/SafariZoneGate.asm)
+    "mansion_switch_on",  # the mansion's switches; reset on Cinnabar Island (scripts/CinnabarIsland.asm)
+    "pikachu_fan_boast", "seel_fan_boast",  # which fan boasts next (scripts/PokemonFanClub.asm)
+    "pokemon_tower_rival_on_left",  # which side the rival stands (scripts/PokemonTower2F.asm)
+    "in_purified_zone",  # standing in Pokemon Tower 5F's safe zone (scripts/PokemonTower5F.asm)
+    "in_seafoam_islands",  # set inside, reset on Route 20 (scripts/Route20.asm)
+    "fight_route12_snorlax", "fight_route16_snorlax",  # only during the fight (scripts/Route12.asm)
+)
+PAID_EVENTS = ~sum(1 << EVENT_FLAGS[name] for name in UNPAID_EVENTS)  # a mask over the flags as an int
 
 # Intro signals, read off the screen's tile map and the menu variables.
-MAIN_MENU_TILE, MAIN_MENU_LETTER = 0xC3CA, 0x8D  # tile (2, 2): "N" of NEW GAME
+MAIN_MENU_TILE, MAIN_MENU_LETTER = 0xC3CA, 0x8D  # tile (2, 2): "N" of NEW GAME (and of NEW NAME)
+OPTION_TILE, OPTION_LETTER = 0xC3F2, 0x8E  # tile (2, 4): "O" of OPTION, only on the main menu
 NAME_LIST_TILES, NAME_LIST_TEXT = 0xC3A3, [0x8D, 0x80, 0x8C, 0x84]  # "NAME" of NEW NAME
 MENU_WATCHED_KEYS, MAIN_MENU_KEYS, NAME_LIST_KEYS = 0xCC29, 0x0B, 0x01
 CURRENT_MENU_ITEM, MAX_MENU_ITEM = 0xCC26, 0xCC28
@@ -146,8 +163,8 @@ def drive_intro(pyboy: PyBoy, frame_budget: int = INTRO_FRAME_BUDGET) -> int:
 
     Reads screen tiles and menu variables: Start until the main menu, A for NEW GAME, B for text
     (name lists ignore B), and Down then A at each name list for the default name; done once the
-    player has been in control for a second. There is never a save file (the ROM is loaded
-    without its .ram), so NEW GAME is the first menu item.
+    player, past the name lists, has been in control for a second. There is never a save file (the
+    ROM is loaded without its .ram), so NEW GAME is the first menu item.
     Returns the frames used; raises IntroError when the budget runs out.
     """
     memory = pyboy.memory
@@ -166,6 +183,8 @@ def drive_intro(pyboy: PyBoy, frame_budget: int = INTRO_FRAME_BUDGET) -> int:
         frames += 4
 
     while frames < frame_budget:
+        # The title screen satisfies the predicate too (WRAM zeroed, hWY non-zero: pret/pokered
+        # home/init.asm, engine/movie/title.asm): only control after the name lists is Red's room.
         if name_list_seen and player_in_control(memory):
             if frames_in_control >= CONTROL_SETTLE_FRAMES:
                 return frames
@@ -181,7 +200,11 @@ def drive_intro(pyboy: PyBoy, frame_budget: int = INTRO_FRAME_BUDGET) -> int:
         ):
             name_list_seen = True
             press("down" if memory[CURRENT_MENU_ITEM] == 0 else "a")  # item 0 is NEW NAME
-        elif memory[MAIN_MENU_TILE] == MAIN_MENU_LETTER and watched_keys == MAIN_MENU_KEYS:
+        elif (
+            memory[MAIN_MENU_TILE] == MAIN_MENU_LETTER
+            and memory[OPTION_TILE] == OPTION_LETTER
+            and watched_keys == MAIN_MENU_KEYS
+        ):
             main_menu_seen = True
             press("a")
         elif memory[TEXT_PROMPT_TILE] == TEXT_PROMPT_ARROW:
@@ -410,13 +433,11 @@ class PokemonRedEnv(gymnasium.Env):
     # Each step reads a few RAM ranges as raw lists (about 13 us) and decodes one only when it
     # changed since the last step, which most steps do not.
 
-    def _read_party(self):
+    def _read_party(self, count):
         """Raw party bytes (species list and structs), or None while they hold garbage."""
-        memory = self.pyboy.memory
-        count = memory[PARTY_COUNT_ADDRESS]
         if count > PARTY_LENGTH:
             return None  # the intro, or a party being rewritten
-        return memory[PARTY_SPECIES_ADDRESS : PARTY_MONS_ADDRESS + count * PARTY_MON_SIZE], count
+        return self.pyboy.memory[PARTY_SPECIES_ADDRESS : PARTY_MONS_ADDRESS + count * PARTY_MON_SIZE], count
 
     @staticmethod
     def _decode_party(raw, count):
@@ -441,13 +462,16 @@ class PokemonRedEnv(gymnasium.Env):
         memory = self.pyboy.memory
         self.steps, self.episode_return = 0, 0.0
         self.reward_totals = dict.fromkeys(self.weights, 0.0)
-        self.visited_tiles = {memory[MAP_ID] << 16 | memory[Y_COORD] << 8 | memory[X_COORD]}
+        self.tile = memory[MAP_ID] << 16 | memory[Y_COORD] << 8 | memory[X_COORD]
+        self.visited_tiles = {self.tile}
         # Flags already set in the start state earn nothing; each flag pays once per episode.
-        self.badges_raw, self.events_raw, self.dex_raw = self._read_flag_ranges()
+        self.badges_raw, self.events_raw, dex_raw = self._read_flag_ranges()
         self.badges = self.badges_raw
-        self.start_events = self.events = _bits(self.events_raw)
+        self.start_events = self.events = _bits(self.events_raw) & PAID_EVENTS
+        party_count = memory[PARTY_COUNT_ADDRESS]
+        self.dex_raw = dex_raw if self._dex_counts(party_count) else [0] * 2 * POKEDEX_BYTES
         self.owned, self.seen = _bits(self.dex_raw[:POKEDEX_BYTES]), _bits(self.dex_raw[POKEDEX_BYTES:])
-        self.party_raw = self._read_party()
+        self.party_raw = self._read_party(party_count)
         self.party = (self.party_raw and self._decode_party(*self.party_raw)) or ((), (), (), ())
         self.levels_gained = self.best_levels_gained = 0
         self.was_in_battle = memory[IS_IN_BATTLE] != 0
@@ -457,6 +481,14 @@ class PokemonRedEnv(gymnasium.Env):
     @staticmethod
     def _is_wiped(party) -> bool:
         return len(party[0]) > 0 and sum(party[2]) == 0
+
+    @staticmethod
+    def _dex_counts(party_count) -> bool:
+        """Pokedex bits count only with a party: in Oak's lab, StarterDex marks four species owned
+        while a ball's Pokedex page is up and the party is still empty, then clears them (pret/pokered
+        engine/events/starter_dex.asm, scripts/OaksLab.asm); AddPartyMon writes wPartyCount before
+        the starter's own bits (engine/pokemon/add_mon.asm)."""
+        return 0 < party_count <= PARTY_LENGTH
 
     def _pay(self, term, gain) -> float:
         term_reward = self.weights[term] * gain
@@ -469,9 +501,15 @@ class PokemonRedEnv(gymnasium.Env):
         reward = 0.0
 
         tile = memory[MAP_ID] << 16 | memory[Y_COORD] << 8 | memory[X_COORD]
-        if tile not in self.visited_tiles:
-            self.visited_tiles.add(tile)
-            reward += self._pay("explore", 1)
+        if tile != self.tile:
+            # A warp writes the new wCurMap, fades out for 32 frames, and only then writes the new
+            # wYCoord/wXCoord (pret/pokered home/overworld.asm: WarpFound2, then LoadMapData): the new
+            # map with the old position is no place. A map connection changes both at once.
+            mid_warp = (tile ^ self.tile) & 0xFFFF == 0
+            self.tile = tile
+            if not mid_warp and tile not in self.visited_tiles:
+                self.visited_tiles.add(tile)
+                reward += self._pay("explore", 1)
 
         badges_raw, events_raw, dex_raw = self._read_flag_ranges()
         if badges_raw != self.badges_raw:
@@ -479,11 +517,12 @@ class PokemonRedEnv(gymnasium.Env):
             self.badges |= badges_raw
             self.badges_raw = badges_raw
         if events_raw != self.events_raw:
-            events = _bits(events_raw)
+            events = _bits(events_raw) & PAID_EVENTS
             reward += self._pay("event", (events & ~self.events).bit_count())
             self.events |= events
             self.events_raw = events_raw
-        if dex_raw != self.dex_raw:
+        party_count = memory[PARTY_COUNT_ADDRESS]
+        if dex_raw != self.dex_raw and self._dex_counts(party_count):
             owned, seen = _bits(dex_raw[:POKEDEX_BYTES]), _bits(dex_raw[POKEDEX_BYTES:])
             reward += self._pay("seen", (seen & ~self.seen).bit_count())
             reward += self._pay("owned", (owned & ~self.owned).bit_count())
@@ -492,14 +531,16 @@ class PokemonRedEnv(gymnasium.Env):
             self.dex_raw = dex_raw
 
         in_battle = memory[IS_IN_BATTLE] != 0
-        party_raw = self._read_party()
+        party_raw = self._read_party(party_count)
         if party_raw != self.party_raw:
             party = party_raw and self._decode_party(*party_raw)
             if party is not None:
                 levels, healed = self._party_gains(self.party, party, in_battle)
                 reward += self._pay("level", levels) + self._pay("heal", healed)
                 wiped = self._is_wiped(party)
-                if wiped and not self.party_wiped:
+                # Losing the rival's first battle, in Oak's lab, is no blackout: the lab's script heals
+                # the party (pret/pokered engine/battle/core.asm HandlePlayerBlackOut, scripts/OaksLab.asm).
+                if wiped and not self.party_wiped and memory[MAP_ID] != OAKS_LAB:
                     self.blackouts += 1
                     reward += self._pay("blackout", 1)
                 self.party, self.party_wiped = party, wiped
@@ -511,7 +552,8 @@ class PokemonRedEnv(gymnasium.Env):
         """Levels gained (beyond the episode's best so far) and the fraction of max HP healed.
 
         Only a party of the same species in the same slots is compared, so a Pokemon joining,
-        leaving, evolving or swapping places never counts as levels or healing.
+        leaving, evolving or swapping places never counts as levels or healing; both are measured on
+        party totals, so two of a kind with different HP swapping places is not healing either.
         """
         species, levels, hp, max_hp = after
         if species != before[0]:
@@ -524,11 +566,8 @@ class PokemonRedEnv(gymnasium.Env):
         # Outside battle only, and not the revival after a blackout (the whole party was at 0 HP).
         if not in_battle and not self.was_in_battle and not self.party_wiped:
             # A level-up raises HP and max HP together: only HP beyond the max HP gain is healing.
-            restored = sum(
-                max(0, (new_hp - old_hp) - max(0, new_max - old_max))
-                for new_hp, old_hp, new_max, old_max in zip(hp, before[2], max_hp, before[3])
-            )
-            healed = restored / max(1, sum(max_hp))
+            restored = (sum(hp) - sum(before[2])) - max(0, sum(max_hp) - sum(before[3]))
+            healed = max(0, restored) / max(1, sum(max_hp))
         return new_levels, healed
 
     def _episode_info(self) -> dict:

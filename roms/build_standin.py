@@ -476,6 +476,11 @@ BLOCK_ART = {
     .#++++oooooo++#. .#+++oooooooo+#. #++oooooooooooo# #+oooooooooooo+#
     #+ooooooooooooo# #oooooooooooooo# #oooooooooooooo# .#oooooooooooo#.
     .##oooooooooo##. ...##########... ................ ................""",
+    "ball": """
+    ................ ......####...... ....##oooo##.... ...#oooooooo#...
+    ..#oooooooooo#.. ..#oooo##oooo#.. .#ooo#....#ooo#. .######..######.
+    .#...#....#...#. ..#....##....#.. ..#..........#.. ...#........#...
+    ....##....##.... ......####...... ................ ................""",
     "water": """
     ++++++++++++++++ ++oo++++++oo++++ +o++o++++o++o+++ ++++++++++++++++
     ++++++++++++++++ ++++++oo++++++oo ++++o++o++++o++o ++++++++++++++++
@@ -534,10 +539,13 @@ LCDC_ON = 0b11110011  # LCD on, window at $9C00 and on, tiles at $8000, BG at $9
 PAD = {"A": 0, "B": 1, "SELECT": 2, "START": 3, "RIGHT": 4, "LEFT": 5, "UP": 6, "DOWN": 7}
 
 MAP_IDS = {"PALLET_TOWN": 0x00, "ROUTE_1": 0x0C, "REDS_HOUSE_1F": 0x25, "REDS_HOUSE_2F": 0x26,
-           "PEWTER_GYM": 0x36}
+           "OAKS_LAB": 0x28, "PEWTER_GYM": 0x36}
 START_MAP, START_X, START_Y = "REDS_HOUSE_2F", 3, 6
 
-STARTER = {"id": 0xB0, "dex": 4, "name": "CHARMANDER", "level": 5, "hp": 20}
+STARTER = {"id": 0xB0, "dex": 4, "name": "CHARMANDER", "level": 5, "hp": 20}  # waits in Oak's lab
+# StarterDex (pokered engine/events/starter_dex.asm) marks these owned while the ball's Pokedex page
+# is up: Bulbasaur, Ivysaur, Charmander, Squirtle, all in wPokedexOwned's first byte ($4B).
+STARTER_DEX_OWNED = sum(1 << (dex - 1) for dex in (1, 2, 4, 7))
 HP_PER_LEVEL = 2  # max HP and HP rise together on a level-up
 MAX_LEVEL = 100  # keeps max HP below 256: only the low byte of the big-endian HP is used
 # Wild species (internal id, Pokedex number, hits to faint, damage per counter-attack, level).
@@ -545,14 +553,21 @@ WILD = [("PIDGEY", 0x24, 16, 3, 3, 3), ("RATTATA", 0xA5, 19, 3, 3, 3),
         ("SPEAROW", 0x05, 21, 3, 4, 4), ("CATERPIE", 0x7B, 10, 3, 2, 3)]
 # The gym leader's battle: wCurOpponent is the trainer id (200 + trainer class), like the real game.
 LEADER = ("ONIX", 0xC8 + 0x22, 95, 8, 4, 12)
+# The rival's first battle, in Oak's lab (OPP_RIVAL1 = 200 + RIVAL1): won with A alone, lost by
+# pressing B (a move that does no damage) four times; lost, it is no blackout.
+RIVAL_MON = ("SQUIRTLE", 0xC8 + 0x19, 7, 3, 5, 5)
 ENCOUNTER_RATE = 64  # out of 256 per step in grass
 BADGE_LEVEL = 15  # the leader battles only at or above this level (random agents reach about 5-10)
 RNG_SEED = 0x2A5B  # reset at NEW GAME, so the route after the intro does not depend on its timing
 
 # Event flags: event i is bit i%8 of wEventFlags + i//8. As in the real game they mark progress
 # (a trainer met past the grass, the leader beaten), not chatting to MOM or reading signs.
-EVENTS = {"ROUTE_YOUNGSTER": 32, "BEAT_BROCK": 119}
-BEAT_BROCK_BYTE = RAM["wEventFlags"] + EVENTS["BEAT_BROCK"] // 8  # $D755, bit 7
+# The museum ticket is a flag that is not progress, as in the real game: set by the ticket seller by
+# the gym's door, reset every frame on Route 1, which stands in for Pewter City (pokered
+# scripts/PewterCity.asm resets EVENT_BOUGHT_MUSEUM_TICKET every frame).
+EVENTS = {"ROUTE_YOUNGSTER": 32, "BATTLED_RIVAL_IN_OAKS_LAB": 35, "BOUGHT_MUSEUM_TICKET": 0x68,
+          "BEAT_BROCK": 119}
+SCRIPTS = {"LEADER": 1, "BALL": 2}  # talks that run a script instead of showing a text
 
 # =============================================================================================
 # Maps: one character per step. Every map fits on the screen (at most 10x9 steps), so a map is
@@ -568,7 +583,7 @@ CELLS = [  # (character, block art, flags); the index is the cell type stored in
     ("H", "bed", HEAL), ("s", "sign", SOLID | TALK), ("N", "npc", SOLID | TALK),
     ("L", "leader", SOLID | TALK), ("R", "roof", SOLID), ("B", "housewall", SOLID),
     ("P", "pc", SOLID | TALK), ("t", "table", SOLID), ("o", "rock", SOLID),
-    ("~", "water", SOLID),
+    ("~", "water", SOLID), ("b", "ball", SOLID | TALK),
 ]
 CELL_TYPE = {ch: i for i, (ch, _, _) in enumerate(CELLS)}
 
@@ -604,13 +619,13 @@ MAPS = {
         "rows": ["TTTTEETTTT",
                  "T,,,,,,,,T",
                  "T,RR,,RRRT",
-                 "T,BD,,BBBT",
+                 "T,BD,,BDBT",
                  "T,,,,,,,,T",
                  "T,,,,,s,,T",
                  "T,,,,,,,,T",
                  "TTTT~~TTTT"],
         "warps": {(4, 0): ("ROUTE_1", 2, 6), (5, 0): ("ROUTE_1", 3, 6),
-                  (3, 3): ("REDS_HOUSE_1F", 2, 6)},
+                  (3, 3): ("REDS_HOUSE_1F", 2, 6), (7, 3): ("OAKS_LAB", 3, 4)},
         "talks": {(6, 5): (None, "TxtTownSign")},
     },
     "ROUTE_1": {  # the youngster stands above the grass: meeting him means crossing it
@@ -627,16 +642,27 @@ MAPS = {
                   (3, 7): ("PALLET_TOWN", 5, 1)},
         "talks": {(4, 2): ("ROUTE_YOUNGSTER", "TxtYoungster")},
     },
-    "PEWTER_GYM": {
+    "OAKS_LAB": {  # the starter's ball, the rival beside it
+        "outdoor": False,
+        "rows": ["########",
+                 "#......#",
+                 "#..bN..#",
+                 "#......#",
+                 "#......#",
+                 "###DD###"],
+        "warps": {(3, 5): ("PALLET_TOWN", 7, 4), (4, 5): ("PALLET_TOWN", 7, 4)},
+        "talks": {(3, 2): (None, "BALL"), (4, 2): (None, "TxtRival")},
+    },
+    "PEWTER_GYM": {  # the leader, and a museum ticket seller by the door
         "outdoor": False,
         "rows": ["########",
                  "#o.L..o#",
                  "#......#",
                  "#.o..o.#",
-                 "#......#",
+                 "#N.....#",
                  "###DD###"],
         "warps": {(3, 5): ("ROUTE_1", 2, 2), (4, 5): ("ROUTE_1", 2, 2)},
-        "talks": {(3, 1): (None, "LEADER")},
+        "talks": {(3, 1): (None, "LEADER"), (1, 4): ("BOUGHT_MUSEUM_TICKET", "TxtTicket")},
     },
 }
 
@@ -651,8 +677,8 @@ TEXTS = {
     "TxtIntro1": "WELCOME! THIS IS A\nSTAND-IN WORLD.\fIT ONLY LOOKS LIKE\nTHE REAL GAME.\f"
                  "FIRST, WHAT IS\nYOUR NAME?",
     "TxtIntro2": "SO YOU ARE\n<PLAYER>!\fNOW, WHO IS\nYOUR RIVAL?",
-    "TxtIntro3": "<RIVAL> IT IS!\fGROW STRONG IN THE\nGRASS, THEN WIN\f"
-                 "THE GYM BADGE.\nGOOD LUCK!",
+    "TxtIntro3": "<RIVAL> IT IS!\fGET A POKEMON IN\nTHE LAB, GROW IN\f"
+                 "THE GRASS, THEN\nWIN THE GYM BADGE!",
     "TxtName": "NAME", "TxtNewName": "NEW NAME",
     "TxtRed": "RED", "TxtAsh": "ASH", "TxtJack": "JACK", "TxtDefaultPlayer": "PLAYER",
     "TxtBlue": "BLUE", "TxtGary": "GARY", "TxtJohn": "JOHN", "TxtDefaultRival": "RIVAL",
@@ -663,6 +689,12 @@ TEXTS = {
     "TxtTownSign": "GYM: NORTH, PAST\nTHE TALL GRASS.",
     "TxtYoungster": "WIN FIGHTS IN THE\nGRASS TO GROW!\fTHE LEADER ONLY\nFIGHTS THE STRONG.",
     "TxtHealed": "YOU RESTED. YOUR\nPOKEMON IS HEALED.",
+    "TxtStarterDex": "POKEDEX PAGE:\nCHARMANDER, FIRE.", "TxtGotStarter": "<PLAYER> GOT\nCHARMANDER!",
+    "TxtBallEmpty": "THE BALL IS EMPTY.", "TxtRival": "<RIVAL>: PICK ONE,\nTHEN WE FIGHT!",
+    "TxtRivalChallenge": "<RIVAL>: I TAKE\nTHIS ONE! FIGHT!",
+    "TxtBeatRival": "<RIVAL>: NOT BAD!\nLEVEL UP! LV<LV>",
+    "TxtLostToRival": "<RIVAL> WON THIS\nTIME.", "TxtLabHealed": "YOUR POKEMON IS\nHEALED. GO NORTH!",
+    "TxtTicket": "A MUSEUM TICKET?\nHERE YOU GO!", "TxtNoEffect": "NO DAMAGE. FOE HIT",
     "TxtLeaderTooWeak": f"LEADER: TOO WEAK!\nCOME BACK AT LV{BADGE_LEVEL}.",
     "TxtLeaderChallenge": "LEADER: SHOW ME\nYOUR STRENGTH!",
     "TxtLeaderAfter": "LEADER: THE BADGE\nIS ALREADY YOURS.",
@@ -674,7 +706,7 @@ TEXTS = {
     "TxtBadge": "YOU WON THE\nBOULDER BADGE!", "TxtGotAway": "GOT AWAY SAFELY!",
     "TxtBlackedOut": "YOU BLACKED OUT!",
 }
-TEXTS.update({f"TxtFoe{name}": name for name, *_ in WILD + [LEADER]})
+TEXTS.update({f"TxtFoe{name}": name for name, *_ in WILD + [LEADER, RIVAL_MON]})
 
 
 # =============================================================================================
@@ -746,7 +778,7 @@ def build_data(tiles: dict) -> str:
         lines.append(f"Cells_{name}:")
         for row in rows:
             lines.append("    db " + ", ".join(str(CELL_TYPE[ch]) for ch in row))
-        lines.append(f"Warps_{name}:  ; x, y, map, x, y, 1 if wLastMap is to be set")
+        lines.append(f"Warps_{name}:  ; x, y, map, x, y, flags: bit 0 sets wLastMap, bit 1 a map edge")
         warp_cells = {(x, y) for y, r in enumerate(rows) for x, ch in enumerate(r)
                       if CELLS[CELL_TYPE[ch]][2] & WARP}
         assert warp_cells == set(m["warps"]), f"{name}: every warp cell needs exactly one warp"
@@ -754,21 +786,19 @@ def build_data(tiles: dict) -> str:
             target = MAPS[dest]["rows"][dy][dx]
             assert not CELLS[CELL_TYPE[target]][2] & (SOLID | WARP), f"{name} warp lands on {target!r}"
             sets_last = int(m["outdoor"] and not MAPS[dest]["outdoor"])
-            lines.append(f"    db {x}, {y}, ${MAP_IDS[dest]:02X}, {dx}, {dy}, {sets_last}")
-        lines.append(f"Talks_{name}:  ; x, y, event byte, event mask, text, 1 for the gym leader")
+            edge = int(rows[y][x] == "E")  # the real game's map connection, not a warp
+            lines.append(f"    db {x}, {y}, ${MAP_IDS[dest]:02X}, {dx}, {dy}, {sets_last | edge << 1}")
+        lines.append(f"Talks_{name}:  ; x, y, event byte, event mask, text, script (SCRIPTS)")
         talk_cells = {(x, y) for y, r in enumerate(rows) for x, ch in enumerate(r)
                       if CELLS[CELL_TYPE[ch]][2] & TALK}
         assert talk_cells == set(m["talks"]), f"{name}: every talk cell needs exactly one talk"
         for (x, y), (event, label) in m["talks"].items():
-            if label == "LEADER":
-                lines.append(f"    db {x}, {y}\n    dw wEventFlags\n    db 0\n    dw 0\n    db 1")
-            elif event is None:  # mask 0: the OR into the flags changes nothing
-                lines.append(f"    db {x}, {y}\n    dw wEventFlags\n    db 0\n    dw {label}\n    db 0")
-            else:
-                byte, mask = event_address(event)
-                lines.append(f"    db {x}, {y}\n    dw ${byte:04X}\n    db ${mask:02X}\n    dw {label}\n    db 0")
+            byte, mask = event_address(event) if event else (RAM["wEventFlags"], 0)  # mask 0: no flag
+            text_label = 0 if label in SCRIPTS else label
+            lines.append(f"    db {x}, {y}\n    dw ${byte:04X}\n    db ${mask:02X}\n    dw {text_label}\n"
+                         f"    db {SCRIPTS.get(label, 0)}")
     lines.append("Opponents:  ; id, Pokedex bit, hits to faint, damage, level, name")
-    for name, internal, dex, hits, damage, level in WILD + [LEADER]:
+    for name, internal, dex, hits, damage, level in WILD + [LEADER, RIVAL_MON]:
         lines.append(f"    db ${internal:02X}, {dex - 1}, {hits}, {damage}, {level}\n    dw TxtFoe{name}")
     for label, message in TEXTS.items():
         lines.append(f"{label}:\n    db " + ", ".join(f"${b:02X}" for b in text(message)))
@@ -1289,12 +1319,13 @@ SetCursorTile:                  ; tile a at the cursor, in wTileMap and (during 
     ret
 
 ; ---- Intro: title, main menu, speech, name lists -----------------------------------------------
+; As in the real game, the title leaves wJoyIgnore at 0 and shows no window (hWY non-zero), so the
+; "player is in control" predicate already holds here (pokered home/init.asm, engine/movie/title.asm).
 TitleScreen:
     ld sp, $E000
-    ld a, $FF                   ; no overworld control until the bedroom
-    ld [wJoyIgnore], a
     xor a
-    ldh [hWY], a
+    ld [wJoyIgnore], a
+    ld [wFontLoaded], a
     call ClearTileMap
     ld hl, TxtTitle
     ld bc, 3 * 256 + 6
@@ -1307,7 +1338,7 @@ TitleScreen:
     ld hl, TxtPressStart
     ld bc, 14 * 256 + 4
     call PrintAt
-    call RedrawWindow
+    call ShowTileMapOnBG
 .wait:
     call WaitFrame
     call ReadLatch
@@ -1342,6 +1373,8 @@ MainMenu:
     call ShowText
     jr MainMenu
 .newGame:
+    ld a, $FF                   ; no overworld control until the bedroom
+    ld [wJoyIgnore], a
     call ClearTileMap
     ld hl, TxtIntro1
     call ShowText
@@ -1438,29 +1471,12 @@ PlayerNameList:
 RivalNameList:
     dw TxtNewName, TxtBlue, TxtGary, TxtJohn, TxtDefaultRival
 
-InitNewGame:                    ; the party, the Pokedex and a fixed random seed
-    ld a, 1
-    ld [wPartyCount], a
-    ld a, STARTER_ID
-    ld [wPartySpecies], a
-    ld [wPartyMon1], a
-    ld a, $FF
-    ld [wPartySpecies+1], a
-    ld a, STARTER_LEVEL
-    ld [wPartyMon1Level], a
+InitNewGame:                    ; an empty party (the starter waits in Oak's lab), a fixed random seed
     xor a
-    ld [wPartyMon1HP], a
-    ld [wPartyMon1MaxHP], a
+    ld [wPartyCount], a
     ld [wLastMap], a
-    ld a, STARTER_HP
-    ld [wPartyMon1HP+1], a
-    ld [wPartyMon1MaxHP+1], a
-    ld a, [STARTER_DEX_BYTE_OWNED]
-    or STARTER_DEX_MASK
-    ld [STARTER_DEX_BYTE_OWNED], a
-    ld a, [STARTER_DEX_BYTE_SEEN]
-    or STARTER_DEX_MASK
-    ld [STARTER_DEX_BYTE_SEEN], a
+    dec a
+    ld [wPartySpecies], a
     ld a, RNG_SEED >> 8
     ld [wRNG], a
     ld a, RNG_SEED & $FF
@@ -1525,6 +1541,7 @@ LoadMap:                        ; map a, player at row b, column c; drawn with t
     swap a
     ld [wPixelY], a
     call UpdateSprite
+ShowTileMapOnBG:                ; wTileMap onto the background with the LCD off; no window (hWY = $90)
     call WaitFrame
     xor a
     ldh [rLCDC], a
@@ -1543,6 +1560,7 @@ LoadMap:                        ; map a, player at row b, column c; drawn with t
     jr nz, .row
     ld a, %11100100
     ldh [rBGP], a
+    ldh [rOBP0], a
     ld a, $90
     ldh [hWY], a
     ldh [rWY], a
@@ -1723,6 +1741,12 @@ Overworld:
     ld sp, $E000
 .frame:
     call WaitFrame
+    ld a, [wCurMap]             ; Route 1 stands in for Pewter City, whose script resets this flag
+    cp ROUTE_1_ID               ; every frame (pokered scripts/PewterCity.asm)
+    jr nz, .ticketKept
+    ld hl, BOUGHT_MUSEUM_TICKET_BYTE
+    res BOUGHT_MUSEUM_TICKET_BIT, [hl]
+.ticketKept:
     ld a, [wWalkCounter]
     and a
     jr nz, .walking
@@ -1811,6 +1835,9 @@ WalkFrame:                      ; move the sprite 2 pixels; at the end of the st
     jr nz, HealTile
     bit 1, a                    ; GRASS
     ret z
+    ld a, [wPartyCount]         ; no wild battles before the starter, as in the real game
+    and a
+    ret z
     call Random
     cp ENCOUNTER_RATE
     ret nc
@@ -1843,13 +1870,33 @@ Warp:                           ; the warp entry for step (c, b): x, y, map, x, 
     ld a, [hl+]
     ld b, a
     ld a, [hl]
-    and a
-    jr z, .go
+    bit 1, a
+    jr nz, .load                ; a map edge: the new map and position together, no fade
+    bit 0, a
+    jr z, .fade
     ld a, [wCurMap]             ; leaving the outdoors: remember where
     ld [wLastMap], a
-.go:
+.fade:                          ; as WarpFound2 then LoadMapData (pokered home/overworld.asm): the
+    ld a, d                     ; new wCurMap, 32 frames of fading to black, then the new position
+    ld [wCurMap], a
+    push bc
+    ld hl, FadeToBlack
+    ld e, 4
+.fadeStep:
+    ld a, [hl+]
+    ldh [rBGP], a
+    ldh [rOBP0], a
+    ld c, 8
+    call DelayFrames
+    dec e
+    jr nz, .fadeStep
+    pop bc
+.load:
     ld a, d
     jp LoadMap
+
+FadeToBlack:                    ; the palettes of GBFadeOutToBlack (pokered home/fade.asm)
+    db %11100100, %11111001, %11111110, %11111111
 
 HealTile:
     ld a, [wPartyMon1MaxHP+1]
@@ -1901,10 +1948,56 @@ Interact:                       ; A: read the sign or talk to the person the pla
     ld a, [hl+]
     ld d, a
     ld a, [hl]
-    and a
-    jr nz, GymLeader
+    dec a
+    jr z, GymLeader
+    dec a
+    jr z, StarterBall
     ld h, d
     ld l, e
+    call ShowText
+    jp CloseText
+
+StarterBall:                    ; Oak's lab: the ball's Pokedex page, the starter, the rival's battle
+    ld a, [wPartyCount]
+    and a
+    ld hl, TxtBallEmpty
+    jr nz, .say
+    ld a, STARTER_DEX_OWNED     ; StarterDex: owned bits while the page is up, then 0
+    ld [wPokedexOwned], a
+    ld hl, TxtStarterDex
+    call ShowText
+    xor a
+    ld [wPokedexOwned], a
+    ld a, 1                     ; AddPartyMon's order (pokered engine/pokemon/add_mon.asm): count
+    ld [wPartyCount], a         ; and species, the nickname prompt, then the struct, owned and
+    ld a, STARTER_ID            ; seen, and the stats
+    ld [wPartySpecies], a
+    ld a, $FF
+    ld [wPartySpecies+1], a
+    ld hl, TxtGotStarter
+    call ShowText
+    ld a, STARTER_ID
+    ld [wPartyMon1], a
+    ld hl, STARTER_DEX_BYTE_OWNED
+    set STARTER_DEX_BIT, [hl]
+    ld hl, STARTER_DEX_BYTE_SEEN
+    set STARTER_DEX_BIT, [hl]
+    ld a, STARTER_HP
+    ld [wPartyMon1HP+1], a
+    ld [wPartyMon1MaxHP+1], a
+    ld a, STARTER_LEVEL
+    ld [wPartyMon1Level], a
+    ld hl, TxtRivalChallenge
+    call ShowText
+    call CloseText
+    ld a, RIVAL_ENTRY
+    call TrainerBattle
+    ld a, [wPartyMon1MaxHP+1]   ; won or lost, the lab's script heals the party and marks the
+    ld [wPartyMon1HP+1], a      ; battle (pokered scripts/OaksLab.asm)
+    ld hl, BATTLED_RIVAL_IN_OAKS_LAB_BYTE
+    set BATTLED_RIVAL_IN_OAKS_LAB_BIT, [hl]
+    ld hl, TxtLabHealed
+.say:
     call ShowText
     jp CloseText
 
@@ -1920,7 +2013,7 @@ GymLeader:
     ld hl, TxtLeaderChallenge
     call ShowText
     call CloseText
-    ld a, 4                     ; the leader's entry in Opponents
+    ld a, LEADER_ENTRY
     jp TrainerBattle
 .say:
     call ShowText
@@ -2013,7 +2106,13 @@ Battle:
     jr z, .loop
     ld a, [wIsInBattle]
     cp 1
+    jr z, .run
+    ld a, [wCurOpponent]
+    cp OPP_RIVAL1
     jr nz, .loop                ; no running from the leader
+    ld hl, TxtNoEffect          ; against the rival, B is a move that does no damage
+    jr .foeAttacks
+.run:
     ld hl, TxtGotAway
     call ShowText
     jp EndBattle
@@ -2021,36 +2120,53 @@ Battle:
     ld hl, wEnemyHP
     dec [hl]
     jr z, .won
+    ld hl, TxtExchange
+.foeAttacks:                    ; hl: the message
     ld a, [wEnemyDamage]
     ld b, a
     ld a, [wPartyMon1HP+1]
     sub b
-    jr c, Blackout
-    jr z, Blackout
+    jr c, .fainted
+    jr z, .fainted
     ld [wPartyMon1HP+1], a
-    ld hl, TxtExchange
     ld de, TEXT_LINE2
     call PrintString
     call DrawBattleStats
     call RedrawWindow
     jr .loop
+.fainted:                       ; losing the rival's first battle in the lab is no blackout
+    ld a, [wCurOpponent]        ; (pokered engine/battle/core.asm, HandlePlayerBlackOut)
+    cp OPP_RIVAL1
+    jr nz, Blackout
+    ld a, [wCurMap]
+    cp OAKS_LAB_ID
+    jr nz, Blackout
+    xor a
+    ld [wPartyMon1HP+1], a
+    call DrawBattleStats
+    ld hl, TxtLostToRival
+    jr .said
 .won:
     call LevelUp
     call DrawBattleStats
     ld a, [wIsInBattle]
     cp 2
-    jr z, .badge
+    jr z, .trainer
     ld hl, wPokedexOwned
     call SetDexBit
     ld hl, TxtFoeFainted
-    call ShowText
-    jp EndBattle
-.badge:
+    jr .said
+.trainer:
+    ld a, [wCurOpponent]
+    cp OPP_RIVAL1
+    ld hl, TxtBeatRival
+    jr z, .said
     ld hl, wObtainedBadges
     set 0, [hl]
     ld hl, BEAT_BROCK_BYTE
     set 7, [hl]
     ld hl, TxtBadge
+.said:
     call ShowText
     jp EndBattle
 
@@ -2233,6 +2349,9 @@ def symbols(tile_data: bytes, tiles: dict) -> dict:
     table.update({f"BOX_{name.upper()}": code for name, code in BOX.items()})
     owned_byte = RAM["wPokedexOwned"] + (STARTER["dex"] - 1) // 8
     seen_byte = RAM["wPokedexSeen"] + (STARTER["dex"] - 1) // 8
+    for name in ("BEAT_BROCK", "BATTLED_RIVAL_IN_OAKS_LAB", "BOUGHT_MUSEUM_TICKET"):
+        table[f"{name}_BYTE"] = RAM["wEventFlags"] + EVENTS[name] // 8
+        table[f"{name}_BIT"] = EVENTS[name] % 8
     table.update(
         LCDC_ON=LCDC_ON, SPACE=SPACE, CURSOR=CURSOR, PROMPT_ARROW=PROMPT_ARROW,
         END=END, LINE2=LINE2, PARAGRAPH=PARAGRAPH, PLAYER=PLAYER, RIVAL=RIVAL, LEVEL=LEVEL, FOE=FOE,
@@ -2242,9 +2361,11 @@ def symbols(tile_data: bytes, tiles: dict) -> dict:
         START_MAP=MAP_IDS[START_MAP], START_X=START_X, START_Y=START_Y,
         STARTER_ID=STARTER["id"], STARTER_LEVEL=STARTER["level"], STARTER_HP=STARTER["hp"],
         STARTER_DEX_BYTE_OWNED=owned_byte, STARTER_DEX_BYTE_SEEN=seen_byte,
-        STARTER_DEX_MASK=1 << ((STARTER["dex"] - 1) % 8),
+        STARTER_DEX_BIT=(STARTER["dex"] - 1) % 8, STARTER_DEX_OWNED=STARTER_DEX_OWNED,
         HP_PER_LEVEL=HP_PER_LEVEL, MAX_LEVEL=MAX_LEVEL, ENCOUNTER_RATE=ENCOUNTER_RATE,
-        BADGE_LEVEL=BADGE_LEVEL, RNG_SEED=RNG_SEED, BEAT_BROCK_BYTE=BEAT_BROCK_BYTE,
+        BADGE_LEVEL=BADGE_LEVEL, RNG_SEED=RNG_SEED, OPP_RIVAL1=RIVAL_MON[1],
+        LEADER_ENTRY=len(WILD), RIVAL_ENTRY=len(WILD) + 1, ROUTE_1_ID=MAP_IDS["ROUTE_1"],
+        OAKS_LAB_ID=MAP_IDS["OAKS_LAB"],
         TILE_DATA=tile_data,
     )
     return table

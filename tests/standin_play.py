@@ -36,7 +36,7 @@ MENU_ITEM, MAX_MENU_ITEM, MENU_WATCHED_KEYS = 0xCC26, 0xCC28, 0xCC29
 TILE_MAP = 0xC3A0  # 20x18 tiles: tile(x, y) = TILE_MAP + 20 * y + x
 
 # Maps (the real game's ids) and places on them.
-PALLET_TOWN, ROUTE_1, REDS_HOUSE_1F, REDS_HOUSE_2F, PEWTER_GYM = 0x00, 0x0C, 0x25, 0x26, 0x36
+PALLET_TOWN, ROUTE_1, REDS_HOUSE_1F, REDS_HOUSE_2F, OAKS_LAB, PEWTER_GYM = 0x00, 0x0C, 0x25, 0x26, 0x28, 0x36
 START = (REDS_HOUSE_2F, 3, 6)  # (map, x, y) after the intro and after a blackout
 HEAL = (REDS_HOUSE_2F, 1, 6)  # the bed: stepping on it restores HP
 BADGE_LEVEL = 15  # the gym leader battles only at or above this level
@@ -44,6 +44,7 @@ BADGE_LEVEL = 15  # the gym leader battles only at or above this level
 # Only progress sets a flag: the youngster stands past the grass on Route 1.
 EVENTS = {
     "ROUTE_YOUNGSTER": (32, ROUTE_1, 4, 2),
+    "BOUGHT_MUSEUM_TICKET": (0x68, PEWTER_GYM, 1, 4),  # not progress: Route 1 resets it every frame
 }
 # Texts that set no event flag: name -> (map, x, y).
 TALKS_WITHOUT_EVENT = {
@@ -52,15 +53,25 @@ TALKS_WITHOUT_EVENT = {
     "TOWN_SIGN": (PALLET_TOWN, 6, 5),
 }
 BEAT_BROCK = 119  # D755 bit 7, set with the badge
+BATTLED_RIVAL_IN_OAKS_LAB = 35  # D74B bit 3, set after the rival's battle in the lab, won or lost
 LEADER = (PEWTER_GYM, 3, 1)
+STARTER_BALL = (OAKS_LAB, 3, 2)
+STARTER_DEX_OWNED = 0x4B  # wPokedexOwned's first byte while the ball's Pokedex page is up
+OPP_RIVAL1 = 0xE1
 
 # From the start: down the stairs to 1F, out of the front door, through town, onto Route 1's grass.
 TO_STAIRS = ["right"] * 3 + ["up"] * 5  # bedroom (3,6) -> (6,6) -> stairs (6,1) -> 1F (6,2)
 DOWNSTAIRS_TO_TOWN = ["left"] * 4 + ["down"] * 5  # 1F (6,2) -> (2,2) -> door (2,7) -> Pallet (3,4)
 TO_TOWN = TO_STAIRS + DOWNSTAIRS_TO_TOWN
+# Pallet (3,4) -> (7,4) -> the lab's door (7,3) -> lab (3,4) -> (3,3), facing the starter's ball.
+TOWN_TO_BALL = ["right"] * 4 + ["up", "up"]
+# A on the ball: its Pokedex page, the starter joins, the rival's battle (won with A), healed.
+BEAT_RIVAL = ["a", "b", "b", "b", "a", "a", "a", "b", "b"]
+LOSE_TO_RIVAL = ["a", "b", "b", "b", "b", "b", "b", "b", "b", "b"]  # B does no damage: lost, healed
+LAB_TO_ROUTE = ["down", "down"] + ["left"] * 3 + ["up"] * 4  # lab door, Pallet (7,4), (4,4), Route 1 (2,6)
 TOWN_TO_ROUTE = ["right"] + ["up"] * 4  # Pallet (3,4) -> (4,4) -> exit (4,0) -> Route 1 (2,6)
 ROUTE_TO_GRASS = ["right", "up", "up"]  # Route 1 (2,6) -> (3,6) -> (3,5) -> grass (3,4)
-GRASS_ROUTE = TO_TOWN + TOWN_TO_ROUTE + ROUTE_TO_GRASS
+GRASS_ROUTE = TO_TOWN + TOWN_TO_BALL + BEAT_RIVAL + LAB_TO_ROUTE + ROUTE_TO_GRASS
 # From the grass at (3, 4) to facing the youngster at (4, 2): (4, 4), (4, 3), both grass, then up.
 GRASS_TO_YOUNGSTER = ["right", "up", "up"]
 # From the grass at (3, 4) to the bed and back, and from the grass to facing the gym leader.
@@ -72,22 +83,21 @@ BED_TO_GRASS = ["right"] * 5 + ["up"] * 5 + DOWNSTAIRS_TO_TOWN + TOWN_TO_ROUTE +
 GRASS_TO_LEADER = ["up", "up", "left", "up", "up", "up"]  # through the gym door to (3, 2), facing up
 LOW_HP = 8  # a wild battle costs at most 8 HP (two counter-attacks of 4)
 
-# Recorded from plan_badge_route() below: grinding in the grass (3, 4)/(3, 3), healing in bed when
-# HP is low, then the leader. Battles fall where the cartridge's fixed seed (reset at NEW GAME) puts
-# them, so the list only holds for this build of roms/standin.gb: re-record it if the game changes.
+# Recorded from plan_badge_route() below: the starter and the rival's battle in the lab, grinding in
+# the grass (3, 4)/(3, 3), healing in bed when HP is low, then the leader. Battles fall where the
+# cartridge's fixed seed (reset at NEW GAME) puts them, so the list only holds for this build of
+# roms/standin.gb: re-record it if the game changes.
 BADGE_ROUTE = """
-right right right up up up up up left left left left down down down down down right up up up up
-right up up a a a a up a a a a down a a a a up a a a a down down down left down down down down
-left up up up up up right right right right up down down down down left left left left left b
-right right right right right up up up up up left left left left down down down down down right
-up up up up right up up up down up a a a a down a a a a up down up down up down a a a a up down
-up down up a a a a down up a a a a down a a a a down down left down down down down left up up up
-up up right right right right up down down down down left left left left left b right right
-right right right up up up up up left left left left down down down down down right up up up up
-right up up a a a a down down left down down down down left up up up up up right right right
-right up down down down down left left left left left b right right right right right up up up
-up up left left left left down down down down down right up up up up right up up up up left up
-up up a b a a a a a a a a a
+right right right up up up up up left b left left left down down down down down right b right right
+right up up b a b b b a a a a b down down left b left left up up up up right up up a a a a up a a a
+a down a a a a up a a a a down up down up down a a a a down down left down down down down left up up
+b up up up right right right right up down b down down down left left left left left b right right
+right right right up up up up up left b left left left down down down down down right b up up up up
+right up up a a a a up down up down up down a a a a up down up down up a a a a down up a a a a down
+a a a a down down left down down down down left up up b up up up right right right right up down b
+down down down left left left left left b right right right right right up up up up up left b left
+left left down down down down down right b up up up up right up up a a a a up up left up up b up a b
+a a a a a a a a a
 """.split()
 
 
@@ -133,14 +143,18 @@ def intro_stage(pyboy: PyBoy) -> str | None:
 
 
 def skip_intro(pyboy: PyBoy, max_steps: int = 300) -> list[str]:
-    """From power-on to control in the bedroom, choosing RED and BLUE. Returns the stages seen."""
+    """From power-on to control in the bedroom, choosing RED and BLUE. Returns the stages seen.
+
+    As on the real game's title screen, the control predicate already holds on the stand-in's:
+    only control after the rival's name list is the bedroom.
+    """
     stages: list[str] = []
     past_title = False
     for _ in range(max_steps):
         stage = intro_stage(pyboy)
         if stage and (not stages or stages[-1] != stage):
             stages.append(stage)
-        if stage == "control":
+        if stage == "control" and "rival_names" in stages:
             return stages
         if stage == "main_menu":
             past_title = True
@@ -198,7 +212,10 @@ def plan_badge_route(pyboy: PyBoy) -> list[str]:
             go(button)
         settle()
 
-    walk(GRASS_ROUTE)
+    walk(TO_TOWN + TOWN_TO_BALL)
+    go("a")  # the starter's ball, then the rival's battle
+    settle()
+    walk(LAB_TO_ROUTE + ROUTE_TO_GRASS)
     while True:
         settle()
         leveled = m[PARTY_LEVEL] >= BADGE_LEVEL
