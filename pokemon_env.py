@@ -462,8 +462,8 @@ class PokemonRedEnv(gymnasium.Env):
         memory = self.pyboy.memory
         self.steps, self.episode_return = 0, 0.0
         self.reward_totals = dict.fromkeys(self.weights, 0.0)
-        self.tile = memory[MAP_ID] << 16 | memory[Y_COORD] << 8 | memory[X_COORD]
-        self.visited_tiles = {self.tile}
+        self.position = map_id, y, x = memory[MAP_ID], memory[Y_COORD], memory[X_COORD]
+        self.visited_tiles = {map_id << 16 | y << 8 | x}
         # Flags already set in the start state earn nothing; each flag pays once per episode.
         self.badges_raw, self.events_raw, dex_raw = self._read_flag_ranges()
         self.badges = self.badges_raw
@@ -500,13 +500,17 @@ class PokemonRedEnv(gymnasium.Env):
         memory = self.pyboy.memory
         reward = 0.0
 
-        tile = memory[MAP_ID] << 16 | memory[Y_COORD] << 8 | memory[X_COORD]
-        if tile != self.tile:
+        position = (memory[MAP_ID], memory[Y_COORD], memory[X_COORD])
+        if position != self.position:
+            (last_map, last_y, last_x), (map_id, y, x) = self.position, position
+            self.position = position
             # A warp writes the new wCurMap, fades out for 32 frames, and only then writes the new
-            # wYCoord/wXCoord (pret/pokered home/overworld.asm: WarpFound2, then LoadMapData): the new
-            # map with the old position is no place. A map connection changes both at once.
-            mid_warp = (tile ^ self.tile) & 0xFFFF == 0
-            self.tile = tile
+            # wYCoord/wXCoord (pret/pokered home/overworld.asm: WarpFound2, then LoadMapData). The new
+            # map at the warp's position, the last step's or one step from it (the walk onto a door
+            # ends first: AdvancePlayerSprite), is no place. A map connection changes both at once,
+            # to the new map's far edge.
+            mid_warp = map_id != last_map and abs(y - last_y) + abs(x - last_x) <= 1
+            tile = map_id << 16 | y << 8 | x
             if not mid_warp and tile not in self.visited_tiles:
                 self.visited_tiles.add(tile)
                 reward += self._pay("explore", 1)

@@ -146,12 +146,14 @@ def skip_intro(pyboy: PyBoy, max_steps: int = 300) -> list[str]:
     """From power-on to control in the bedroom, choosing RED and BLUE. Returns the stages seen.
 
     As on the real game's title screen, the control predicate already holds on the stand-in's:
-    only control after the rival's name list is the bedroom.
+    control before the rival's name list is the title.
     """
     stages: list[str] = []
     past_title = False
     for _ in range(max_steps):
         stage = intro_stage(pyboy)
+        if stage == "control" and "rival_names" not in stages:
+            stage = "title"
         if stage and (not stages or stages[-1] != stage):
             stages.append(stage)
         if stage == "control" and "rival_names" in stages:

@@ -211,6 +211,46 @@ def test_intro_driver_reaches_control_from_power_on(standin_rom):
         pyboy.stop(save=False)
 
 
+def test_intro_driver_does_not_stop_on_the_title_where_the_control_predicate_holds(standin_rom):
+    pyboy = PyBoy(io.BytesIO(standin_rom.read_bytes()), window="null", sound_emulated=False, cgb=False)
+    pyboy.set_emulation_speed(0)
+    try:
+        pyboy.tick(240, False)  # the boot logo, then the title, which waits for Start
+        memory = pyboy.memory
+        assert player_in_control(memory) and memory[MAP_ID] == 0  # as on the real game's title screen
+        drive_intro(pyboy)
+        assert (memory[MAP_ID], memory[X_COORD], memory[Y_COORD]) == START and player_in_control(memory)
+    finally:
+        pyboy.stop(save=False)
+
+
+class NameListsWatchingTheMainMenusKeys:
+    """The emulator, with every name list made to watch the main menu's keys (A, B, Start), as if
+    it were the main menu: only tile (2, 4), "R" of RED and not "O" of OPTION, tells them apart."""
+
+    def __init__(self, pyboy):
+        self.pyboy, self.memory = pyboy, pyboy.memory
+
+    def button(self, *args):
+        self.pyboy.button(*args)
+
+    def tick(self, *args):
+        self.pyboy.tick(*args)
+        if self.memory[0xC3A3:0xC3A7] == [0x8D, 0x80, 0x8C, 0x84]:  # "NAME"
+            self.memory[0xCC29] = 0x0B
+
+
+def test_intro_driver_presses_a_on_the_main_menu_only_with_option_below_new_game(standin_rom):
+    pyboy = PyBoy(io.BytesIO(standin_rom.read_bytes()), window="null", sound_emulated=False, cgb=False)
+    pyboy.set_emulation_speed(0)
+    try:
+        with pytest.raises(IntroError, match="main menu seen: True"):
+            drive_intro(NameListsWatchingTheMainMenusKeys(pyboy), frame_budget=3000)
+        assert pyboy.memory[0xC3F2] == 0x91 and pyboy.memory[0xD158] == 0  # RED's list up, no name picked
+    finally:
+        pyboy.stop(save=False)
+
+
 def test_intro_driver_gives_a_clear_error_when_out_of_frames(standin_rom):
     pyboy = PyBoy(io.BytesIO(standin_rom.read_bytes()), window="null", sound_emulated=False, cgb=False)
     try:

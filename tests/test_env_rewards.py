@@ -1,17 +1,18 @@
 """Each reward term fires when its game state changes, once, and not otherwise.
 
 Most cases write the state into the emulator's RAM between steps, where the real game keeps it,
-to reach states the stand-in cannot (a party joining, swapping, evolving; garbage RAM). The last
-tests play the stand-in itself: its wild battles, its bed, its gym leader, a blackout.
+to reach states the stand-in cannot (a party swapping, evolving; garbage RAM). The others play the
+stand-in itself: Oak's lab, its warps, its wild battles, its bed, its gym, a blackout.
 """
 import pytest
 
 import standin_play
 from pokemon_env import (
-    ACTIONS, EVENT_FLAGS_ADDRESS, IS_IN_BATTLE, OBTAINED_BADGES_ADDRESS, POKEDEX_OWNED, POKEDEX_SEEN,
+    ACTIONS, EVENT_FLAGS, EVENT_FLAGS_ADDRESS, IS_IN_BATTLE, OBTAINED_BADGES_ADDRESS, POKEDEX_OWNED,
+    POKEDEX_SEEN, UNPAID_EVENTS,
 )
 
-B = ACTIONS.index("b")  # does nothing while the player walks the overworld
+A, B = ACTIONS.index("a"), ACTIONS.index("b")  # B does nothing while the player walks the overworld
 PARTY_COUNT, PARTY_SPECIES, PARTY_MONS, MON_SIZE = 0xD163, 0xD164, 0xD16B, 44
 
 
@@ -40,6 +41,23 @@ def step_rewards(env, action=B):
     return reward, dict(env.reward_totals)
 
 
+def play(env, buttons):
+    """Each button for one step; the rewards."""
+    return [env.step(ACTIONS.index(button))[1] for button in buttons]
+
+
+def walk(env, buttons):
+    """Each button once the player is in control, fighting any wild battle on the way."""
+    for button in buttons:
+        while not standin_play.in_control(env.pyboy):
+            env.step(A)
+        env.step(ACTIONS.index(button))
+
+
+def tile(map_id, x, y):
+    return map_id << 16 | y << 8 | x
+
+
 @pytest.fixture
 def env(standin_env):
     env = standin_env(max_steps=1000)
@@ -56,17 +74,15 @@ def test_reading_the_pc_pays_nothing_but_meeting_the_youngster_pays_an_event_onc
     for button in ["up"] * 4 + ["left", "left", "up", "a", "b", "b"]:  # the bedroom PC at (1, 1): text only
         env.step(ACTIONS.index(button))
     assert env.reward_totals["event"] == 0
-    for button in ["right"] * 5 + ["up"] + standin_play.DOWNSTAIRS_TO_TOWN + standin_play.TOWN_TO_ROUTE \
-            + standin_play.ROUTE_TO_GRASS + standin_play.GRASS_TO_YOUNGSTER:  # across the grass to (4, 3)
-        while not standin_play.in_control(env.pyboy):  # fight any wild battle on the way
-            env.step(ACTIONS.index("a"))
-        env.step(ACTIONS.index(button))
-    assert position(env) == (standin_play.ROUTE_1, 4, 3) and env.reward_totals["event"] == 0
-    reward, totals = step_rewards(env, ACTIONS.index("a"))  # facing the youngster at (4, 2)
+    walk(env, ["right"] * 5 + ["up"] + standin_play.DOWNSTAIRS_TO_TOWN + standin_play.TOWN_TO_BALL)
+    walk(env, ["a"] + standin_play.LAB_TO_ROUTE + standin_play.ROUTE_TO_GRASS + standin_play.GRASS_TO_YOUNGSTER)
+    assert position(env) == (standin_play.ROUTE_1, 4, 3)
+    assert env.reward_totals["event"] == pytest.approx(1.6)  # the rival's battle in the lab
+    reward, totals = step_rewards(env, A)  # facing the youngster at (4, 2)
     assert reward == pytest.approx(1.6) and env.pyboy.memory[EVENT_FLAGS_ADDRESS + 4] & 1  # event 32
     for button in ["b", "b", "b", "a", "b", "b", "b"]:  # hear it all again: no second reward
         assert step_rewards(env, ACTIONS.index(button))[0] == 0
-    assert totals["event"] == pytest.approx(1.6)
+    assert totals["event"] == pytest.approx(3.2)
 
 
 def test_resting_in_bed_heals(env):
@@ -114,6 +130,8 @@ def test_event_flags_set_in_the_start_state_earn_nothing(standin_env, tmp_path):
 
 def test_pokedex_seen_and_owned(env):
     memory = env.pyboy.memory
+    write_party(env, [(0xB0, 5, 20, 20)])
+    step_rewards(env)
     memory[POKEDEX_SEEN] |= 0b11  # two species seen
     assert step_rewards(env)[0] == pytest.approx(2 * 1.6)
     memory[POKEDEX_OWNED + 18] |= 0b1  # one owned
@@ -155,6 +173,18 @@ def test_same_species_swap_and_garbage_party_earn_nothing(env):
     assert env.reward_totals["level"] == 0
 
 
+def test_two_of_a_kind_with_different_hp_swapping_places_is_not_healing(env):
+    write_party(env, [(0x99, 9, 10, 30), (0x99, 9, 30, 30)])
+    step_rewards(env)
+    for _ in range(3):  # slot 0 goes from 10 to 30 HP, slot 1 from 30 to 10: the party is no healthier
+        write_party(env, [(0x99, 9, 30, 30), (0x99, 9, 10, 30)])
+        assert step_rewards(env)[0] == 0
+        write_party(env, [(0x99, 9, 10, 30), (0x99, 9, 30, 30)])
+        assert step_rewards(env)[0] == 0
+    write_party(env, [(0x99, 9, 30, 30), (0x99, 9, 30, 30)])  # a potion
+    assert step_rewards(env)[0] == pytest.approx(0.8 * 20 / 60)
+
+
 def test_healing_outside_battle_only(env):
     memory = env.pyboy.memory
     write_party(env, [(0x99, 10, 10, 40)])
@@ -194,35 +224,85 @@ def test_zero_weight_disables_a_term(standin_env):
     assert step_rewards(env)[0] == 0
 
 
-# ----- Played on the stand-in: its wild battles, its bed, its gym leader -----
-
-
-def play(env, buttons):
-    return [env.step(ACTIONS.index(button)) for button in buttons]
+# ----- Played on the stand-in: Oak's lab, warps, its wild battles, its gym -----
 
 
 def test_badge_route_pays_each_term_for_what_happened(standin_env):
     env = standin_env(max_steps=len(standin_play.BADGE_ROUTE))
     env.reset(seed=0)
-    seen_at_start = sum(bin(b).count("1") for b in env.pyboy.memory[POKEDEX_SEEN : POKEDEX_SEEN + 19])
-    owned_at_start = sum(bin(b).count("1") for b in env.pyboy.memory[POKEDEX_OWNED : POKEDEX_OWNED + 19])
-    level_at_start = sum(env.party[1])
-    results = play(env, standin_play.BADGE_ROUTE)
+    assert env.party == ((), (), (), ()) and not any(env.dex_raw)  # the starter waits in the lab
+    results = [env.step(ACTIONS.index(button)) for button in standin_play.BADGE_ROUTE]
     rewards = [reward for _, reward, _, _, _ in results]
     info = results[-1][4]
 
     assert info["badges"] == 1 and info["reward_badge"] == pytest.approx(4.0)
     assert sum(r >= 4.0 for r in rewards) == 1  # paid once, when the leader was beaten
-    assert info["level_sum"] == 17 and info["reward_level"] == pytest.approx(0.01 * (17 - level_at_start))
-    assert info["pokedex_seen"] > seen_at_start and info["pokedex_owned"] > owned_at_start
-    assert info["reward_seen"] == pytest.approx(1.6 * (info["pokedex_seen"] - seen_at_start))
-    assert info["reward_owned"] == pytest.approx(1.6 * (info["pokedex_owned"] - owned_at_start))
-    assert info["event_flags"] == 1 and info["reward_event"] == pytest.approx(1.6)  # BEAT_BROCK
+    assert info["level_sum"] == 18 and info["reward_level"] == pytest.approx(0.01 * (18 - 5))  # joined at 5
+    assert info["pokedex_seen"] > info["pokedex_owned"] > 1  # the starter, the rival's, the grass's
+    assert info["reward_seen"] == pytest.approx(1.6 * info["pokedex_seen"])
+    assert info["reward_owned"] == pytest.approx(1.6 * info["pokedex_owned"])
+    assert info["event_flags"] == 2 and info["reward_event"] == pytest.approx(3.2)  # the rival, BEAT_BROCK
     assert info["reward_heal"] > 0  # rested in bed after battles
     assert info["blackouts"] == 0 and info["reward_blackout"] == 0
-    assert info["maps_visited"] == 5  # bedroom, 1F, Pallet Town, Route 1, gym
+    assert info["maps_visited"] == 6  # bedroom, 1F, Pallet Town, Oak's lab, Route 1, gym
     assert info["reward_explore"] == pytest.approx(0.01 * (info["unique_tiles"] - 1))  # start tile free
     assert info["episode_return"] == pytest.approx(sum(rewards))
+
+
+def test_starterdex_bits_before_the_party_pay_nothing_and_the_starter_pays_when_it_joins(standin_env, tmp_path):
+    env = standin_env(max_steps=1000)
+    env.reset(seed=0)
+    play(env, standin_play.TO_TOWN + standin_play.TOWN_TO_BALL)
+    assert play(env, ["a"]) == [0]  # the ball's Pokedex page: four species owned, no party yet
+    assert env.pyboy.memory[POKEDEX_OWNED] == standin_play.STARTER_DEX_OWNED
+    page = tmp_path / "pokedex_page.state"
+    env.save_state(page)
+    # The page closes (the four bits cleared) and the starter joins: its owned and seen bits pay.
+    assert play(env, ["b", "b"]) == [0, pytest.approx(2 * 1.6)]
+    assert play(env, ["b"]) == [pytest.approx(1.6)]  # the rival's battle: his SQUIRTLE seen
+    assert env.reward_totals["owned"] == pytest.approx(1.6) and env.reward_totals["seen"] == pytest.approx(3.2)
+
+    env = standin_env(init_state=page, max_steps=1000)  # an episode that starts on the page
+    env.reset(seed=0)
+    play(env, ["b", "b"])  # the starter's owned bit was not taken for one already rewarded
+    assert env.reward_totals["owned"] == pytest.approx(1.6)
+
+
+def test_a_warp_credits_its_arrival_tile_not_the_new_map_at_the_old_position(env):
+    rewards = play(env, standin_play.TO_STAIRS)  # onto the bedroom's stairs (6, 1): 1F's map id first
+    assert position(env) == (standin_play.REDS_HOUSE_1F, 6, 1) and rewards[-1] == 0
+    assert play(env, ["b"]) == [pytest.approx(0.01)]  # after the fade, 1F's position
+    assert position(env) == (standin_play.REDS_HOUSE_1F, 6, 2)
+    assert tile(standin_play.REDS_HOUSE_1F, 6, 2) in env.visited_tiles
+    assert tile(standin_play.REDS_HOUSE_1F, 6, 1) not in env.visited_tiles
+    play(env, standin_play.DOWNSTAIRS_TO_TOWN + ["b"] + standin_play.TOWN_TO_ROUTE)  # a door, a map edge
+    assert position(env) == (standin_play.ROUTE_1, 2, 6) and tile(standin_play.ROUTE_1, 2, 6) in env.visited_tiles
+    assert tile(standin_play.PALLET_TOWN, 2, 7) not in env.visited_tiles  # Pallet at 1F's door
+    assert env.reward_totals["explore"] == pytest.approx(0.01 * (len(env.visited_tiles) - 1))
+
+
+def test_losing_the_rivals_first_battle_in_oaks_lab_is_no_blackout(env):
+    play(env, standin_play.TO_TOWN + standin_play.TOWN_TO_BALL)
+    wiped = False
+    for button in standin_play.LOSE_TO_RIVAL:  # B does no damage: his fourth attack wins
+        env.step(ACTIONS.index(button))
+        wiped |= env.party_wiped
+    assert wiped and env.party[2] == env.party[3]  # the whole party at 0 HP, then healed by the lab
+    assert env.blackouts == 0 and env.reward_totals["blackout"] == 0 and env.reward_totals["heal"] == 0
+
+
+def test_the_museum_ticket_and_other_flags_that_are_not_progress_pay_nothing(env):
+    walk(env, standin_play.GRASS_ROUTE + standin_play.GRASS_TO_LEADER[:4])  # into the gym
+    play(env, ["b", "left", "left"])  # facing the ticket seller
+    memory = env.pyboy.memory
+    assert position(env) == (standin_play.PEWTER_GYM, 2, 4) and not memory[EVENT_FLAGS_ADDRESS + 13]
+    assert env.reward_totals["event"] == pytest.approx(1.6)  # the rival's battle in the lab
+    assert play(env, ["a"]) == [0] and memory[EVENT_FLAGS_ADDRESS + 13] & 1  # EVENT_BOUGHT_MUSEUM_TICKET
+    for name in UNPAID_EVENTS:
+        memory[EVENT_FLAGS_ADDRESS + EVENT_FLAGS[name] // 8] |= 1 << EVENT_FLAGS[name] % 8
+        assert step_rewards(env)[0] == 0, name
+    memory[EVENT_FLAGS_ADDRESS + 300] |= 0b1  # any other flag still pays
+    assert step_rewards(env)[0] == pytest.approx(1.6)
 
 
 def test_blackout_in_battle_is_penalised_once_and_the_revival_is_not_healing(standin_env):

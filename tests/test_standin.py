@@ -47,8 +47,22 @@ def walk(pyboy, buttons):
     settle(pyboy, "a")
 
 
-def no_event_flags(pyboy):
-    return not any(pyboy.memory[sp.EVENT_FLAGS + i] for i in range(320))  # D747-D886
+def event_flags_set(pyboy):
+    """The indices of the event flags set (wEventFlags, D747-D886)."""
+    return {i for i in range(8 * 320) if sp.event_set(pyboy, i)}
+
+
+def positions_frame_by_frame(pyboy, button, frames=80):
+    """Press `button` for 8 frames; return each distinct (map, x, y) and for how many frames it held."""
+    seen = [[position(pyboy), 0]]
+    pyboy.button(button, 8)
+    for _ in range(frames):
+        pyboy.tick(1, False)
+        if seen[-1][0] == position(pyboy):
+            seen[-1][1] += 1
+        else:
+            seen.append([position(pyboy), 1])
+    return seen
 
 
 def window_matches_tile_map(pyboy):
@@ -111,27 +125,37 @@ def test_helper_constants_match_the_build_script():
         assert name not in build.EVENTS
         assert build.MAPS[map_names[map_id]]["rows"][y][x] in "sNP"  # a sign, a person or the PC
         assert build.MAPS[map_names[map_id]]["talks"][(x, y)][0] is None
-    assert set(build.EVENTS) == set(sp.EVENTS) | {"BEAT_BROCK"}  # only progress sets a flag
+    assert set(build.EVENTS) == set(sp.EVENTS) | {"BEAT_BROCK", "BATTLED_RIVAL_IN_OAKS_LAB"}
     assert build.EVENTS["BEAT_BROCK"] == sp.BEAT_BROCK
-    assert {sp.PALLET_TOWN, sp.ROUTE_1, sp.REDS_HOUSE_1F, sp.REDS_HOUSE_2F, sp.PEWTER_GYM} == set(map_names)
+    assert build.EVENTS["BATTLED_RIVAL_IN_OAKS_LAB"] == sp.BATTLED_RIVAL_IN_OAKS_LAB
+    assert build.STARTER_DEX_OWNED == sp.STARTER_DEX_OWNED and build.RIVAL_MON[1] == sp.OPP_RIVAL1
+    map_id, x, y = sp.STARTER_BALL
+    assert build.MAPS[map_names[map_id]]["talks"][(x, y)] == (None, "BALL")
+    assert {sp.PALLET_TOWN, sp.ROUTE_1, sp.REDS_HOUSE_1F, sp.REDS_HOUSE_2F, sp.OAKS_LAB,
+            sp.PEWTER_GYM} == set(map_names)
 
 
 # ---- Intro -------------------------------------------------------------------------------------
 
+def test_title_screen_satisfies_the_control_predicate_as_the_real_games_does(pyboy):
+    m = pyboy.memory
+    sp.wait(pyboy, 240)  # PyBoy's boot logo, then the title, which waits for Start
+    # The real game zeroes WRAM at power-on and its title shows no window (hWY non-zero): only the
+    # intro's later screens tell the bedroom from the title (home/init.asm, engine/movie/title.asm).
+    assert m[sp.JOY_IGNORE] == 0 and m[sp.HWY] != 0 and m[sp.MENU_WATCHED_KEYS] == 0
+    assert in_control(pyboy) and sp.intro_stage(pyboy) == "control" and position(pyboy) == (0, 0, 0)
+    sp.wait(pyboy, 240)
+    assert in_control(pyboy) and position(pyboy) == (0, 0, 0)  # still the title
+
+
 def test_intro_shows_the_real_games_signals_in_order_and_ends_in_control(pyboy):
     m = pyboy.memory
-    seen_out_of_control = 0
-    for _ in range(20):  # title screen: nothing to control yet
-        sp.wait(pyboy)
-        seen_out_of_control += not in_control(pyboy)
-    assert seen_out_of_control == 20
     stages = sp.skip_intro(pyboy)
     assert stages == ["main_menu", "prompt", "player_names", "prompt", "rival_names", "prompt", "control"]
     assert position(pyboy) == sp.START and in_control(pyboy)
     assert [m[sp.PLAYER_NAME + i] for i in range(4)] == [0x91, 0x84, 0x83, 0x50]  # RED
     assert [m[sp.RIVAL_NAME + i] for i in range(5)] == [0x81, 0x8B, 0x94, 0x84, 0x50]  # BLUE
-    assert m[sp.PARTY_COUNT] == 1 and m[sp.PARTY_SPECIES] != 0 and m[sp.PARTY_SPECIES + 1] == 0xFF
-    assert m[sp.PARTY_LEVEL] == 5 and sp.hp(pyboy) == sp.max_hp(pyboy) > 0
+    assert m[sp.PARTY_COUNT] == 0 and m[sp.PARTY_SPECIES] == 0xFF  # the starter waits in the lab
     assert m[sp.HWY] == 0x90 and m[sp.FONT_LOADED] & 1 == 0
     assert (m[sp.MAP_HEIGHT], m[sp.MAP_WIDTH]) == (4, 4)
 
@@ -140,8 +164,8 @@ def test_name_list_ignores_b_and_main_menu_b_goes_back_to_the_title(pyboy):
     m = pyboy.memory
     while sp.intro_stage(pyboy) != "main_menu":
         press(pyboy, "start")
-    press(pyboy, "b")  # back to the title
-    assert sp.intro_stage(pyboy) is None and not in_control(pyboy)
+    press(pyboy, "b")  # back to the title, where (as in the real game) the control predicate holds
+    assert sp.intro_stage(pyboy) == "control" and position(pyboy) == (0, 0, 0)
     press(pyboy, "start")
     assert sp.intro_stage(pyboy) == "main_menu" and m[sp.MENU_ITEM] == 0
     press(pyboy, "a")
@@ -195,62 +219,75 @@ def test_holding_does_not_repeat_and_short_presses_are_not_lost(started):
 def test_doors_and_map_edges_warp_and_entering_from_outdoors_sets_last_map(started):
     m = started.memory
     assert m[sp.LAST_MAP] == 0x00  # new game
-    play(started, sp.TO_STAIRS)  # the bedroom's stairs (6, 1) lead down to 1F, below its stairs
+    play(started, sp.TO_STAIRS + ["b"])  # the bedroom's stairs (6, 1) lead down to 1F, below its stairs
     assert position(started) == (sp.REDS_HOUSE_1F, 6, 2) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (4, 4)
     assert m[sp.LAST_MAP] == 0x00 and in_control(started)  # indoor to indoor: unchanged
-    play(started, ["up"])  # 1F's stairs (6, 1) lead back up to the bedroom (6, 2)
+    play(started, ["up", "b"])  # 1F's stairs (6, 1) lead back up to the bedroom (6, 2)
     assert position(started) == (sp.REDS_HOUSE_2F, 6, 2) and m[sp.LAST_MAP] == 0x00
-    play(started, ["up"])
+    play(started, ["up", "b"])
     assert position(started) == (sp.REDS_HOUSE_1F, 6, 2)
-    play(started, sp.DOWNSTAIRS_TO_TOWN)  # 1F's door (2, 7) leads out to Pallet (3, 4), below the door
+    play(started, sp.DOWNSTAIRS_TO_TOWN + ["b"])  # 1F's door (2, 7) leads out to Pallet (3, 4), below it
     assert position(started) == (sp.PALLET_TOWN, 3, 4) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (5, 4)
     assert m[sp.LAST_MAP] == 0x00  # indoor to outdoor: unchanged
-    play(started, ["up"])  # back through the front door (3, 3): 1F (2, 6), just above its door
+    play(started, ["up", "b"])  # back through the front door (3, 3): 1F (2, 6), just above its door
     assert position(started) == (sp.REDS_HOUSE_1F, 2, 6) and m[sp.LAST_MAP] == sp.PALLET_TOWN
-    play(started, ["down"] + sp.TOWN_TO_ROUTE)  # out again, then out of town at the top edge
+    play(started, ["down", "b"] + sp.TOWN_TO_ROUTE)  # out again, then out of town at the top edge
     assert position(started) == (sp.ROUTE_1, 2, 6) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (3, 4)
     assert m[sp.LAST_MAP] == sp.PALLET_TOWN  # outdoor to outdoor: unchanged
     play(started, ["down"])  # back down over the edge
     assert position(started) == (sp.PALLET_TOWN, 4, 1) and in_control(started)
 
 
+def test_warps_write_the_map_then_fade_then_the_position_but_map_edges_write_both(started):
+    play(started, sp.TO_STAIRS[:-1])  # (6, 2), below the bedroom's stairs
+    # As WarpFound2, then LoadMapData after GBFadeOutToBlack (pret/pokered home/overworld.asm).
+    places = positions_frame_by_frame(started, "up")
+    assert [place for place, _ in places] == [
+        (sp.REDS_HOUSE_2F, 6, 2), (sp.REDS_HOUSE_2F, 6, 1), (sp.REDS_HOUSE_1F, 6, 1), (sp.REDS_HOUSE_1F, 6, 2)]
+    assert places[2][1] >= 32  # the new map with the old position for the whole fade
+    play(started, sp.DOWNSTAIRS_TO_TOWN + ["b"] + sp.TOWN_TO_ROUTE[:-1])  # Pallet (4, 1), below the edge
+    places = positions_frame_by_frame(started, "up")  # a map connection in the real game
+    assert [place for place, _ in places] == [(sp.PALLET_TOWN, 4, 1), (sp.PALLET_TOWN, 4, 0), (sp.ROUTE_1, 2, 6)]
+
+
 # ---- Text, events, menu -------------------------------------------------------------------------
 
 def test_pc_mom_and_sign_show_text_that_blocks_control_but_set_no_event_flag(started):
     m = started.memory
-    assert no_event_flags(started)
+    assert not event_flags_set(started)
     play(started, ["up"] * 4 + ["left", "left", "up"])  # (1, 2) facing the PC at (1, 1)
     press(started, "a")
     assert m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0 and m[sp.TILE_MAP + 20 * 16 + 18] == 0xEE
     press(started, "right")
     assert position(started) == (sp.REDS_HOUSE_2F, 1, 2) and not in_control(started)
     settle(started)
-    assert no_event_flags(started)
+    assert not event_flags_set(started)
     play(started, ["right"] * 5 + ["up", "down", "down"])  # 1F (6, 3) facing MOM at (6, 4)
     assert position(started) == (sp.REDS_HOUSE_1F, 6, 3) and m[sp.FACING] == 0x00
     press(started, "a")
     assert m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0 and not in_control(started)
     settle(started)
-    assert no_event_flags(started)
+    assert not event_flags_set(started)
     play(started, ["up"] + sp.DOWNSTAIRS_TO_TOWN + ["right"] * 3)  # 1F (6, 2), door, Pallet (3, 4), (6, 4)
     assert position(started) == (sp.PALLET_TOWN, 6, 4)
     press(started, "down")  # the sign at (6, 5) blocks: the player turns to face it
     press(started, "a")
     assert m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0
     press(started, "a")  # A closes text too
-    assert in_control(started) and no_event_flags(started)
+    assert in_control(started) and not event_flags_set(started)
 
 
-def test_only_the_youngster_past_the_grass_sets_his_event_flag(started):
+def test_only_progress_sets_event_flags_the_rivals_battle_and_the_youngster_past_the_grass(started):
     m = started.memory
-    walk(started, sp.GRASS_ROUTE + sp.GRASS_TO_YOUNGSTER)  # fight whatever the grass brings
-    assert position(started) == (sp.ROUTE_1, 4, 3) and m[sp.FACING] == 0x04 and no_event_flags(started)
+    walk(started, sp.GRASS_ROUTE + sp.GRASS_TO_YOUNGSTER)  # the lab, then whatever the grass brings
+    assert position(started) == (sp.ROUTE_1, 4, 3) and m[sp.FACING] == 0x04
+    assert event_flags_set(started) == {sp.BATTLED_RIVAL_IN_OAKS_LAB}
     press(started, "a")
     assert m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0
     settle(started)
-    index = sp.EVENTS["ROUTE_YOUNGSTER"][0]
-    assert sp.event_set(started, index) and m[sp.EVENT_FLAGS + 4] == 0x01  # D74B bit 0, nothing else
-    assert sum(bin(m[sp.EVENT_FLAGS + i]).count("1") for i in range(320)) == 1
+    youngster = sp.EVENTS["ROUTE_YOUNGSTER"][0]
+    assert event_flags_set(started) == {sp.BATTLED_RIVAL_IN_OAKS_LAB, youngster}
+    assert m[sp.EVENT_FLAGS + 4] == 0x09  # D74B bits 0 and 3
 
 
 def test_start_menu_blocks_movement_until_b(started):
@@ -270,6 +307,60 @@ def test_start_menu_blocks_movement_until_b(started):
     assert in_control(started) and m[sp.FONT_LOADED] & 1 == 0 and m[sp.HWY] == 0x90
     press(started, "up")
     assert position(started) == (sp.REDS_HOUSE_2F, 3, 5)
+
+
+# ---- Oak's lab: the starter's ball and the rival's first battle ----------------------------------
+
+def test_the_ball_marks_four_species_owned_while_the_party_is_empty_then_the_starter_joins(started):
+    m = started.memory
+    play(started, sp.TO_TOWN + sp.TOWN_TO_BALL)
+    assert position(started) == (sp.OAKS_LAB, 3, 3) and m[sp.FACING] == 0x04 and m[sp.PARTY_COUNT] == 0
+    press(started, "a")  # StarterDex: the ball's Pokedex page, with four species owned, and no party
+    assert m[sp.POKEDEX_OWNED] == sp.STARTER_DEX_OWNED and m[sp.PARTY_COUNT] == 0
+    assert not any(m[sp.POKEDEX_SEEN + i] for i in range(19))
+    press(started, "b")  # the page closes; as in AddPartyMon, the count and the species come first...
+    assert m[sp.POKEDEX_OWNED] == 0 and m[sp.PARTY_COUNT] == 1 and m[sp.PARTY_SPECIES + 1] == 0xFF
+    assert m[sp.PARTY_LEVEL] == 0  # ...the struct is still empty where the nickname prompt would be...
+    press(started, "b")  # ...then the struct, the starter's owned and seen bits (dex 4), the stats
+    assert m[sp.POKEDEX_OWNED] == m[sp.POKEDEX_SEEN] == 0x08 and m[sp.PARTY_LEVEL] == 5
+    assert sp.hp(started) == sp.max_hp(started) == 20
+    press(started, "b")  # the rival's battle: his SQUIRTLE (dex 7) seen
+    assert m[sp.IS_IN_BATTLE] == 2 and m[sp.CUR_OPPONENT] == sp.OPP_RIVAL1 and m[sp.POKEDEX_SEEN] == 0x48
+    play(started, ["a", "a", "a", "b"])  # won with A: a level, then the lab heals the party
+    assert m[sp.IS_IN_BATTLE] == 0 and m[sp.PARTY_LEVEL] == 6 and sp.hp(started) == sp.max_hp(started)
+    assert sp.event_set(started, sp.BATTLED_RIVAL_IN_OAKS_LAB) and m[sp.POKEDEX_OWNED] == 0x08
+    settle(started)
+    press(started, "a")  # the ball again: empty, no Pokedex page
+    assert m[sp.FONT_LOADED] & 1 and m[sp.POKEDEX_OWNED] == 0x08 and m[sp.PARTY_COUNT] == 1
+
+
+def test_losing_the_rivals_first_battle_in_the_lab_is_no_blackout(started):
+    m = started.memory
+    play(started, sp.TO_TOWN + sp.TOWN_TO_BALL)
+    states = []
+    for button in sp.LOSE_TO_RIVAL:  # B does no damage: four of them lose the battle
+        press(started, button)
+        states.append((m[sp.IS_IN_BATTLE], sp.hp(started)))
+    assert (2, 0) in states and all(in_battle != 0xFF for in_battle, _ in states)  # wiped, not blacked out
+    assert position(started) == (sp.OAKS_LAB, 3, 3) and in_control(started)  # not sent home
+    assert sp.hp(started) == sp.max_hp(started) == 20 and m[sp.PARTY_LEVEL] == 5  # healed by the lab
+    assert sp.event_set(started, sp.BATTLED_RIVAL_IN_OAKS_LAB)
+
+
+def test_the_museum_ticket_flag_is_set_by_each_ticket_and_reset_on_route_1(started):
+    m = started.memory
+    walk(started, sp.GRASS_ROUTE + sp.GRASS_TO_LEADER[:4])  # into the gym
+    play(started, ["b", "left", "left"])  # facing the seller
+    ticket = sp.EVENTS["BOUGHT_MUSEUM_TICKET"][0]
+    assert position(started) == (sp.PEWTER_GYM, 2, 4) and m[sp.FACING] == 0x08
+    assert not sp.event_set(started, ticket)
+    for _ in range(2):
+        press(started, "a")
+        settle(started)
+        assert sp.event_set(started, ticket) and m[sp.EVENT_FLAGS + 13] == 0x01  # D754 bit 0: event $68
+        play(started, ["right", "down", "b"])  # out to Route 1, which stands in for Pewter City
+        assert position(started) == (sp.ROUTE_1, 2, 2) and not sp.event_set(started, ticket)
+        play(started, ["up", "b", "left", "left"])
 
 
 # ---- Battles, HP, badge -------------------------------------------------------------------------
@@ -347,7 +438,7 @@ def test_badge_route_wins_the_badge(started):
         levels.add(m[sp.PARTY_LEVEL])
         trainer_battle |= m[sp.IS_IN_BATTLE] == 2
     assert trainer_battle and m[sp.BADGES] & 1 and sp.event_set(started, sp.BEAT_BROCK)
-    assert min(levels) == 5 and max(levels) >= sp.BADGE_LEVEL
+    assert min(levels) == 0 and min(levels - {0}) == 5 and max(levels) >= sp.BADGE_LEVEL  # 0: no party yet
     assert in_control(started) and 100 <= len(sp.BADGE_ROUTE) <= 400
 
 
