@@ -522,7 +522,8 @@ RAM = {
     "wJoyIgnore": 0xCD6B, "wFontLoaded": 0xCFC4, "wWalkCounter": 0xCFC5,
     "wIsInBattle": 0xD057, "wCurOpponent": 0xD059, "wPlayerName": 0xD158,
     "wPartyCount": 0xD163, "wPartySpecies": 0xD164, "wPartyMon1": 0xD16B, "wPartyMon1HP": 0xD16C,
-    "wPartyMon1Level": 0xD18C, "wPartyMon1MaxHP": 0xD18D,
+    "wPartyMon1Level": 0xD18C, "wPartyMon1MaxHP": 0xD18D, "wPartyMon2": 0xD197, "wPartyMon2HP": 0xD198,
+    "wPartyMon2MaxHP": 0xD1B9,
     "wPokedexOwned": 0xD2F7, "wPokedexSeen": 0xD30A, "wRivalName": 0xD34A,
     "wObtainedBadges": 0xD356, "wCurMap": 0xD35E, "wYCoord": 0xD361, "wXCoord": 0xD362,
     "wLastMap": 0xD365, "wCurMapHeight": 0xD368, "wCurMapWidth": 0xD369,
@@ -532,7 +533,7 @@ RAM = {
     "wPixelX": 0xC200, "wPixelY": 0xC201, "wMapW": 0xC202, "wMapH": 0xC203,
     "wMapCells": 0xC204, "wMapWarps": 0xC206, "wMapTalks": 0xC208, "wRNG": 0xC20A,
     "wEnemyHP": 0xC20C, "wEnemyDamage": 0xC20D, "wEnemyLevel": 0xC20E, "wEnemyName": 0xC20F,
-    "wEnemyDex": 0xC211, "wMenuRow": 0xC212, "wMenuCol": 0xC213,
+    "wEnemyDex": 0xC211, "wMenuRow": 0xC212, "wMenuCol": 0xC213, "wFighterOffset": 0xC214,
 }
 
 LCDC_ON = 0b11110011  # LCD on, window at $9C00 and on, tiles at $8000, BG at $9800, 8x8 sprites on
@@ -567,7 +568,9 @@ RNG_SEED = 0x2A5B  # reset at NEW GAME, so the route after the intro does not de
 # scripts/PewterCity.asm resets EVENT_BOUGHT_MUSEUM_TICKET every frame).
 EVENTS = {"ROUTE_YOUNGSTER": 32, "BATTLED_RIVAL_IN_OAKS_LAB": 35, "BOUGHT_MUSEUM_TICKET": 0x68,
           "BEAT_BROCK": 119}
-SCRIPTS = {"LEADER": 1, "BALL": 2}  # talks that run a script instead of showing a text
+# Talks that run a script instead of, or after, their text: the leader, the starter's ball, and the
+# youngster, who gives a second CHARMANDER (the start menu's POKEMON switches the two).
+SCRIPTS = {"LEADER": 1, "BALL": 2, "TxtYoungster": 3}
 
 # =============================================================================================
 # Maps: one character per step. Every map fits on the screen (at most 10x9 steps), so a map is
@@ -687,7 +690,8 @@ TEXTS = {
     "TxtMom": "MOM: THE GRASS UP\nNORTH IS WILD!\fREST IN YOUR BED\nWHEN YOU ARE HURT.",
     "TxtBedroomPC": "A STAND-IN PC.\nNOTHING IS STORED.",
     "TxtTownSign": "GYM: NORTH, PAST\nTHE TALL GRASS.",
-    "TxtYoungster": "WIN FIGHTS IN THE\nGRASS TO GROW!\fTHE LEADER ONLY\nFIGHTS THE STRONG.",
+    "TxtYoungster": "WIN FIGHTS IN THE\nGRASS TO GROW!\fTHE LEADER ONLY\nFIGHTS THE STRONG.\f"
+                    "TAKE MY POKEMON!",
     "TxtHealed": "YOU RESTED. YOUR\nPOKEMON IS HEALED.",
     "TxtStarterDex": "POKEDEX PAGE:\nCHARMANDER, FIRE.", "TxtGotStarter": "<PLAYER> GOT\nCHARMANDER!",
     "TxtBallEmpty": "THE BALL IS EMPTY.", "TxtRival": "<RIVAL>: PICK ONE,\nTHEN WE FIGHT!",
@@ -695,6 +699,7 @@ TEXTS = {
     "TxtBeatRival": "<RIVAL>: NOT BAD!\nLEVEL UP! LV<LV>",
     "TxtLostToRival": "<RIVAL> WON THIS\nTIME.", "TxtLabHealed": "YOUR POKEMON IS\nHEALED. GO NORTH!",
     "TxtTicket": "A MUSEUM TICKET?\nHERE YOU GO!", "TxtNoEffect": "NO DAMAGE. FOE HIT",
+    "TxtNextMon": "FAINTED! NEXT ONE!", "TxtSwitched": "THE TWO SWITCHED\nPLACES.",
     "TxtLeaderTooWeak": f"LEADER: TOO WEAK!\nCOME BACK AT LV{BADGE_LEVEL}.",
     "TxtLeaderChallenge": "LEADER: SHOW ME\nYOUR STRENGTH!",
     "TxtLeaderAfter": "LEADER: THE BADGE\nIS ALREADY YOURS.",
@@ -794,7 +799,7 @@ def build_data(tiles: dict) -> str:
         assert talk_cells == set(m["talks"]), f"{name}: every talk cell needs exactly one talk"
         for (x, y), (event, label) in m["talks"].items():
             byte, mask = event_address(event) if event else (RAM["wEventFlags"], 0)  # mask 0: no flag
-            text_label = 0 if label in SCRIPTS else label
+            text_label = label if label.startswith("Txt") else 0
             lines.append(f"    db {x}, {y}\n    dw ${byte:04X}\n    db ${mask:02X}\n    dw {text_label}\n"
                          f"    db {SCRIPTS.get(label, 0)}")
     lines.append("Opponents:  ; id, Pokedex bit, hits to faint, damage, level, name")
@@ -1159,7 +1164,8 @@ PrintString:                    ; string hl to de; stops at END, LINE2 or PARAGR
     jr PrintString
 .level:
     push hl
-    ld a, [wPartyMon1Level]
+    ld hl, wPartyMon1Level
+    call FighterByte
     ld h, d
     ld l, e
     call PrintNum3
@@ -1898,17 +1904,29 @@ Warp:                           ; the warp entry for step (c, b): x, y, map, x, 
 FadeToBlack:                    ; the palettes of GBFadeOutToBlack (pokered home/fade.asm)
     db %11100100, %11111001, %11111110, %11111111
 
-HealTile:
+HealTile:                       ; a text only when someone was hurt
     ld a, [wPartyMon1MaxHP+1]
     ld b, a
     ld a, [wPartyMon1HP+1]
     cp b
+    jr nz, .heal
+    ld a, [wPartyMon2MaxHP+1]
+    ld b, a
+    ld a, [wPartyMon2HP+1]
+    cp b
     ret z
-    ld a, b
-    ld [wPartyMon1HP+1], a
+.heal:
+    call HealParty
     ld hl, TxtHealed
     call ShowText
     jp CloseText
+
+HealParty:                      ; every member's HP to its max (an empty slot holds 0 and 0)
+    ld a, [wPartyMon1MaxHP+1]
+    ld [wPartyMon1HP+1], a
+    ld a, [wPartyMon2MaxHP+1]
+    ld [wPartyMon2HP+1], a
+    ret
 
 Interact:                       ; A: read the sign or talk to the person the player faces
     call FacingTarget
@@ -1952,9 +1970,16 @@ Interact:                       ; A: read the sign or talk to the person the pla
     jr z, GymLeader
     dec a
     jr z, StarterBall
+    push af
     ld h, d
     ld l, e
     call ShowText
+    pop af
+    dec a
+    jp nz, CloseText
+    ld a, [wPartyCount]         ; the youngster's gift: once, to a party of one
+    cp 1
+    call z, AddCharmander
     jp CloseText
 
 StarterBall:                    ; Oak's lab: the ball's Pokedex page, the starter, the rival's battle
@@ -1968,32 +1993,14 @@ StarterBall:                    ; Oak's lab: the ball's Pokedex page, the starte
     call ShowText
     xor a
     ld [wPokedexOwned], a
-    ld a, 1                     ; AddPartyMon's order (pokered engine/pokemon/add_mon.asm): count
-    ld [wPartyCount], a         ; and species, the nickname prompt, then the struct, owned and
-    ld a, STARTER_ID            ; seen, and the stats
-    ld [wPartySpecies], a
-    ld a, $FF
-    ld [wPartySpecies+1], a
-    ld hl, TxtGotStarter
-    call ShowText
-    ld a, STARTER_ID
-    ld [wPartyMon1], a
-    ld hl, STARTER_DEX_BYTE_OWNED
-    set STARTER_DEX_BIT, [hl]
-    ld hl, STARTER_DEX_BYTE_SEEN
-    set STARTER_DEX_BIT, [hl]
-    ld a, STARTER_HP
-    ld [wPartyMon1HP+1], a
-    ld [wPartyMon1MaxHP+1], a
-    ld a, STARTER_LEVEL
-    ld [wPartyMon1Level], a
+    call AddCharmander
     ld hl, TxtRivalChallenge
     call ShowText
     call CloseText
     ld a, RIVAL_ENTRY
     call TrainerBattle
-    ld a, [wPartyMon1MaxHP+1]   ; won or lost, the lab's script heals the party and marks the
-    ld [wPartyMon1HP+1], a      ; battle (pokered scripts/OaksLab.asm)
+    call HealParty              ; won or lost, the lab's script heals the party and marks the
+                                ; battle (pokered scripts/OaksLab.asm)
     ld hl, BATTLED_RIVAL_IN_OAKS_LAB_BYTE
     set BATTLED_RIVAL_IN_OAKS_LAB_BIT, [hl]
     ld hl, TxtLabHealed
@@ -2019,6 +2026,41 @@ GymLeader:
     call ShowText
     jp CloseText
 
+AddCharmander:                  ; as AddPartyMon (pokered engine/pokemon/add_mon.asm): the count and
+    ld hl, wPartyCount          ; species first, the nickname prompt (here a text), then the struct,
+    inc [hl]                    ; the Pokedex bits and the stats
+    ld e, [hl]
+    ld d, 0
+    add hl, de
+    ld [hl], STARTER_ID
+    inc hl
+    ld [hl], $FF
+    ld hl, TxtGotStarter
+    call ShowText
+    ld hl, wPartyMon1
+    ld a, [wPartyCount]
+    dec a
+    jr z, .struct
+    ld hl, wPartyMon2
+.struct:
+    ld [hl], STARTER_ID
+    push hl
+    ld hl, STARTER_DEX_BYTE_OWNED
+    set STARTER_DEX_BIT, [hl]
+    ld hl, STARTER_DEX_BYTE_SEEN
+    set STARTER_DEX_BIT, [hl]
+    pop hl
+    inc hl
+    inc hl
+    ld [hl], STARTER_HP         ; HP, low byte
+    ld de, MON_LEVEL - 2
+    add hl, de
+    ld [hl], STARTER_LEVEL
+    inc hl
+    inc hl
+    ld [hl], STARTER_HP         ; max HP, low byte
+    ret
+
 StartMenu:                      ; Start: a menu in a box; B, Start, or A on EXIT closes it
     ld a, [wFontLoaded]
     set 0, a
@@ -2043,7 +2085,35 @@ StartMenu:                      ; Start: a menu in a box; B, Start, or A on EXIT
     ld a, [wCurrentMenuItem]
     cp 5
     jp z, CloseText
-    jr .run
+    and a
+    jr nz, .run
+    ld a, [wPartyCount]         ; POKEMON, with two: they switch places
+    cp 2
+    jr nz, .run
+    call SwitchParty
+    ld hl, TxtSwitched
+    call ShowText
+    jp CloseText
+
+SwitchParty:                    ; as the party menu's SWITCH (pokered engine/menus/start_sub_menus.asm,
+    ld hl, wPartySpecies        ; SwitchPartyMon_InitVarOrSwapData): the species, then the structs
+    ld a, [hl+]
+    ld b, [hl]
+    ld [hl-], a
+    ld [hl], b
+    ld hl, wPartyMon1
+    ld de, wPartyMon2
+    ld c, PARTY_MON_SIZE
+.swap:
+    ld a, [de]
+    ld b, [hl]
+    ld [hl+], a
+    ld a, b
+    ld [de], a
+    inc de
+    dec c
+    jr nz, .swap
+    ret
 
 ; ---- Battles ------------------------------------------------------------------------------------
 ; A attacks; the foe faints after its number of hits and strikes back after every other one.
@@ -2081,6 +2151,13 @@ Battle:
     ld [wEnemyName+1], a
     ld hl, wPokedexSeen
     call SetDexBit
+    ld a, [wPartyMon1HP+1]      ; the first member with HP fights, as in the real game
+    and a
+    ld a, 0
+    jr nz, .fighter
+    ld a, PARTY_MON_SIZE
+.fighter:
+    ld [wFighterOffset], a
     ld b, 3                     ; flash the screen
 .flash:
     ld a, %00011011
@@ -2110,7 +2187,7 @@ Battle:
     ld a, [wCurOpponent]
     cp OPP_RIVAL1
     jr nz, .loop                ; no running from the leader
-    ld hl, TxtNoEffect          ; against the rival, B is a move that does no damage
+    ld de, TxtNoEffect          ; against the rival, B is a move that does no damage
     jr .foeAttacks
 .run:
     ld hl, TxtGotAway
@@ -2120,29 +2197,46 @@ Battle:
     ld hl, wEnemyHP
     dec [hl]
     jr z, .won
-    ld hl, TxtExchange
-.foeAttacks:                    ; hl: the message
+    ld de, TxtExchange
+.foeAttacks:                    ; de: the message
+    ld hl, wPartyMon1HP+1
+    call FighterByte
+    ld c, a
     ld a, [wEnemyDamage]
     ld b, a
-    ld a, [wPartyMon1HP+1]
+    ld a, c
     sub b
     jr c, .fainted
     jr z, .fainted
-    ld [wPartyMon1HP+1], a
+    ld [hl], a
+.message:
+    ld h, d
+    ld l, e
     ld de, TEXT_LINE2
     call PrintString
     call DrawBattleStats
     call RedrawWindow
     jr .loop
-.fainted:                       ; losing the rival's first battle in the lab is no blackout
+.fainted:
+    ld [hl], 0
+    ld a, [wPartyCount]         ; the other member, if it has HP, fights on
+    cp 2
+    jr nz, .lost
+    ld a, [wFighterOffset]
+    xor PARTY_MON_SIZE
+    ld [wFighterOffset], a
+    ld hl, wPartyMon1HP+1
+    call FighterByte
+    and a
+    ld de, TxtNextMon
+    jr nz, .message
+.lost:                          ; losing the rival's first battle in the lab is no blackout
     ld a, [wCurOpponent]        ; (pokered engine/battle/core.asm, HandlePlayerBlackOut)
     cp OPP_RIVAL1
     jr nz, Blackout
     ld a, [wCurMap]
     cp OAKS_LAB_ID
     jr nz, Blackout
-    xor a
-    ld [wPartyMon1HP+1], a
     call DrawBattleStats
     ld hl, TxtLostToRival
     jr .said
@@ -2170,9 +2264,7 @@ Battle:
     call ShowText
     jp EndBattle
 
-Blackout:                       ; HP 0: wIsInBattle = $FF for a while, then home with full HP
-    xor a
-    ld [wPartyMon1HP+1], a
+Blackout:                       ; no HP left: wIsInBattle = $FF for a while, then home with full HP
     ld a, $FF
     ld [wIsInBattle], a
     call DrawBattleStats
@@ -2183,8 +2275,7 @@ Blackout:                       ; HP 0: wIsInBattle = $FF for a while, then home
     call RedrawWindow
     ld c, 40
     call DelayFrames
-    ld a, [wPartyMon1MaxHP+1]
-    ld [wPartyMon1HP+1], a
+    call HealParty
     xor a
     ld [wIsInBattle], a
     ld [wCurOpponent], a
@@ -2196,20 +2287,31 @@ EndBattle:
     ld [wCurOpponent], a
     jp CloseText
 
-LevelUp:
+LevelUp:                        ; the fighting member's
     ld hl, wPartyMon1Level
-    ld a, [hl]
+    call FighterByte
     cp MAX_LEVEL
     ret nc
     inc [hl]
-    ld hl, wPartyMon1MaxHP+1
+    inc hl                      ; max HP, low byte
+    inc hl
     ld a, [hl]
     add HP_PER_LEVEL
     ld [hl], a
     ld hl, wPartyMon1HP+1
-    ld a, [hl]
+    call FighterByte
     add HP_PER_LEVEL
     ld [hl], a
+    ret
+
+FighterByte:                    ; hl: a field of wPartyMon1, moved to the fighting member's; a = [hl]
+    ld a, [wFighterOffset]
+    add l
+    ld l, a
+    jr nc, .noCarry
+    inc h
+.noCarry:
+    ld a, [hl]
     ret
 
 SetDexBit:                      ; set bit wEnemyDex of the 19-byte field at hl
@@ -2289,13 +2391,16 @@ DrawBattleStats:                ; the numbers: foe level and hits left, our leve
     ld a, [wEnemyHP]
     ld hl, wTileMap + 20 * 3 + 3
     call PrintNum3
-    ld a, [wPartyMon1Level]
+    ld hl, wPartyMon1Level
+    call FighterByte
     ld hl, wTileMap + 20 * 8 + 11
     call PrintNum3
-    ld a, [wPartyMon1HP+1]
+    ld hl, wPartyMon1HP+1
+    call FighterByte
     ld hl, wTileMap + 20 * 9 + 11
     call PrintNum3
-    ld a, [wPartyMon1MaxHP+1]
+    ld hl, wPartyMon1MaxHP+1
+    call FighterByte
     ld hl, wTileMap + 20 * 9 + 15
     jp PrintNum3
 
@@ -2365,7 +2470,7 @@ def symbols(tile_data: bytes, tiles: dict) -> dict:
         HP_PER_LEVEL=HP_PER_LEVEL, MAX_LEVEL=MAX_LEVEL, ENCOUNTER_RATE=ENCOUNTER_RATE,
         BADGE_LEVEL=BADGE_LEVEL, RNG_SEED=RNG_SEED, OPP_RIVAL1=RIVAL_MON[1],
         LEADER_ENTRY=len(WILD), RIVAL_ENTRY=len(WILD) + 1, ROUTE_1_ID=MAP_IDS["ROUTE_1"],
-        OAKS_LAB_ID=MAP_IDS["OAKS_LAB"],
+        OAKS_LAB_ID=MAP_IDS["OAKS_LAB"], PARTY_MON_SIZE=44, MON_LEVEL=0x21,
         TILE_DATA=tile_data,
     )
     return table

@@ -75,7 +75,8 @@ def test_reading_the_pc_pays_nothing_but_meeting_the_youngster_pays_an_event_onc
         env.step(ACTIONS.index(button))
     assert env.reward_totals["event"] == 0
     walk(env, ["right"] * 5 + ["up"] + standin_play.DOWNSTAIRS_TO_TOWN + standin_play.TOWN_TO_BALL)
-    walk(env, ["a"] + standin_play.LAB_TO_ROUTE + standin_play.ROUTE_TO_GRASS + standin_play.GRASS_TO_YOUNGSTER)
+    walk(env, ["a"] + standin_play.LAB_TO_ROUTE + standin_play.ROUTE_TO_GRASS)  # the starter, the rival
+    walk(env, standin_play.GRASS_TO_YOUNGSTER)
     assert position(env) == (standin_play.ROUTE_1, 4, 3)
     assert env.reward_totals["event"] == pytest.approx(1.6)  # the rival's battle in the lab
     reward, totals = step_rewards(env, A)  # facing the youngster at (4, 2)
@@ -173,18 +174,6 @@ def test_same_species_swap_and_garbage_party_earn_nothing(env):
     assert env.reward_totals["level"] == 0
 
 
-def test_two_of_a_kind_with_different_hp_swapping_places_is_not_healing(env):
-    write_party(env, [(0x99, 9, 10, 30), (0x99, 9, 30, 30)])
-    step_rewards(env)
-    for _ in range(3):  # slot 0 goes from 10 to 30 HP, slot 1 from 30 to 10: the party is no healthier
-        write_party(env, [(0x99, 9, 30, 30), (0x99, 9, 10, 30)])
-        assert step_rewards(env)[0] == 0
-        write_party(env, [(0x99, 9, 10, 30), (0x99, 9, 30, 30)])
-        assert step_rewards(env)[0] == 0
-    write_party(env, [(0x99, 9, 30, 30), (0x99, 9, 30, 30)])  # a potion
-    assert step_rewards(env)[0] == pytest.approx(0.8 * 20 / 60)
-
-
 def test_healing_outside_battle_only(env):
     memory = env.pyboy.memory
     write_party(env, [(0x99, 10, 10, 40)])
@@ -249,7 +238,7 @@ def test_badge_route_pays_each_term_for_what_happened(standin_env):
     assert info["episode_return"] == pytest.approx(sum(rewards))
 
 
-def test_starterdex_bits_before_the_party_pay_nothing_and_the_starter_pays_when_it_joins(standin_env, tmp_path):
+def test_starterdex_bits_without_a_party_pay_nothing_but_the_starter_pays_once_in(standin_env, tmp_path):
     env = standin_env(max_steps=1000)
     env.reset(seed=0)
     play(env, standin_play.TO_TOWN + standin_play.TOWN_TO_BALL)
@@ -260,7 +249,8 @@ def test_starterdex_bits_before_the_party_pay_nothing_and_the_starter_pays_when_
     # The page closes (the four bits cleared) and the starter joins: its owned and seen bits pay.
     assert play(env, ["b", "b"]) == [0, pytest.approx(2 * 1.6)]
     assert play(env, ["b"]) == [pytest.approx(1.6)]  # the rival's battle: his SQUIRTLE seen
-    assert env.reward_totals["owned"] == pytest.approx(1.6) and env.reward_totals["seen"] == pytest.approx(3.2)
+    assert env.reward_totals["owned"] == pytest.approx(1.6)
+    assert env.reward_totals["seen"] == pytest.approx(3.2)
 
     env = standin_env(init_state=page, max_steps=1000)  # an episode that starts on the page
     env.reset(seed=0)
@@ -276,9 +266,19 @@ def test_a_warp_credits_its_arrival_tile_not_the_new_map_at_the_old_position(env
     assert tile(standin_play.REDS_HOUSE_1F, 6, 2) in env.visited_tiles
     assert tile(standin_play.REDS_HOUSE_1F, 6, 1) not in env.visited_tiles
     play(env, standin_play.DOWNSTAIRS_TO_TOWN + ["b"] + standin_play.TOWN_TO_ROUTE)  # a door, a map edge
-    assert position(env) == (standin_play.ROUTE_1, 2, 6) and tile(standin_play.ROUTE_1, 2, 6) in env.visited_tiles
+    assert position(env) == (standin_play.ROUTE_1, 2, 6)
+    assert tile(standin_play.ROUTE_1, 2, 6) in env.visited_tiles  # credited at once
     assert tile(standin_play.PALLET_TOWN, 2, 7) not in env.visited_tiles  # Pallet at 1F's door
     assert env.reward_totals["explore"] == pytest.approx(0.01 * (len(env.visited_tiles) - 1))
+
+
+def test_two_of_a_kind_with_different_hp_switching_places_is_not_healing(env):
+    walk(env, standin_play.GRASS_ROUTE + standin_play.GRASS_TO_YOUNGSTER)
+    walk(env, ["a", "start"])  # the youngster's CHARMANDER joins at full HP; the start menu
+    (lead_hp, twin_hp), _ = env.party[2], env.party[3]
+    assert env.party[0] == (0xB0, 0xB0) and lead_hp < twin_hp == 20
+    assert play(env, ["a"]) == [0]  # POKEMON: the two switch places, and slot 1 gains HP
+    assert env.party[2] == (twin_hp, lead_hp)
 
 
 def test_losing_the_rivals_first_battle_in_oaks_lab_is_no_blackout(env):

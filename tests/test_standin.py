@@ -242,12 +242,13 @@ def test_warps_write_the_map_then_fade_then_the_position_but_map_edges_write_bot
     play(started, sp.TO_STAIRS[:-1])  # (6, 2), below the bedroom's stairs
     # As WarpFound2, then LoadMapData after GBFadeOutToBlack (pret/pokered home/overworld.asm).
     places = positions_frame_by_frame(started, "up")
-    assert [place for place, _ in places] == [
-        (sp.REDS_HOUSE_2F, 6, 2), (sp.REDS_HOUSE_2F, 6, 1), (sp.REDS_HOUSE_1F, 6, 1), (sp.REDS_HOUSE_1F, 6, 2)]
+    assert [place for place, _ in places] == [(sp.REDS_HOUSE_2F, 6, 2), (sp.REDS_HOUSE_2F, 6, 1),
+                                              (sp.REDS_HOUSE_1F, 6, 1), (sp.REDS_HOUSE_1F, 6, 2)]
     assert places[2][1] >= 32  # the new map with the old position for the whole fade
     play(started, sp.DOWNSTAIRS_TO_TOWN + ["b"] + sp.TOWN_TO_ROUTE[:-1])  # Pallet (4, 1), below the edge
     places = positions_frame_by_frame(started, "up")  # a map connection in the real game
-    assert [place for place, _ in places] == [(sp.PALLET_TOWN, 4, 1), (sp.PALLET_TOWN, 4, 0), (sp.ROUTE_1, 2, 6)]
+    assert [place for place, _ in places] == [(sp.PALLET_TOWN, 4, 1), (sp.PALLET_TOWN, 4, 0),
+                                              (sp.ROUTE_1, 2, 6)]
 
 
 # ---- Text, events, menu -------------------------------------------------------------------------
@@ -361,6 +362,37 @@ def test_the_museum_ticket_flag_is_set_by_each_ticket_and_reset_on_route_1(start
         play(started, ["right", "down", "b"])  # out to Route 1, which stands in for Pewter City
         assert position(started) == (sp.ROUTE_1, 2, 2) and not sp.event_set(started, ticket)
         play(started, ["up", "b", "left", "left"])
+
+
+def test_the_youngster_gives_a_second_charmander_who_fights_on_and_the_menu_switches_the_two(started):
+    m = started.memory
+
+    def party():  # (species, HP, level, max HP) of each struct; the stand-in uses the low bytes
+        return [(m[mon], m[mon + 0x02], m[mon + 0x21], m[mon + 0x23]) for mon in (0xD16B, 0xD16B + 44)]
+
+    walk(started, sp.GRASS_ROUTE + sp.GRASS_TO_YOUNGSTER)
+    press(started, "a")
+    settle(started)
+    assert m[sp.PARTY_COUNT] == 2 and [m[sp.PARTY_SPECIES + i] for i in range(3)] == [0xB0, 0xB0, 0xFF]
+    lead, twin = party()
+    assert twin == (0xB0, 20, 5, 20) and lead[1] < lead[3]  # the lead hurt by the grass on the way
+    press(started, "a")  # talked to again: no third one
+    settle(started)
+    play(started, ["start", "a"])  # POKEMON: the two switch places
+    assert party() == [twin, lead] and m[sp.FONT_LOADED] & 1
+    settle(started)
+    play(started, ["start", "a", "b"])
+    assert party() == [lead, twin] and in_control(started)
+    lead_fainted = False
+    for _ in range(200):  # fight until the lead faints: the other one fights on, no blackout
+        if in_control(started):
+            press(started, "up" if m[sp.Y_COORD] == 4 else "down", render=False)
+        else:
+            press(started, "a", render=False)
+        lead_fainted |= m[sp.IS_IN_BATTLE] == 1 and party()[0][1] == 0
+        if lead_fainted and party()[1][2] > 5:
+            break
+    assert lead_fainted and party()[1][2] > 5 and position(started)[0] == sp.ROUTE_1
 
 
 # ---- Battles, HP, badge -------------------------------------------------------------------------
