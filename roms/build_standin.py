@@ -579,10 +579,10 @@ SCRIPTS = {"LEADER": 1, "BALL": 2, "TxtYoungster": 3}
 # gym script instead.
 # =============================================================================================
 
-SOLID, GRASS, WARP, HEAL, TALK = 1, 2, 4, 8, 16
+SOLID, GRASS, WARP, HEAL, TALK, EDGE = 1, 2, 4, 8, 16, 32
 CELLS = [  # (character, block art, flags); the index is the cell type stored in the map data
     (".", "floor", 0), ("#", "wall", SOLID), (",", "path", 0), ("T", "tree", SOLID),
-    ('"', "grass", GRASS), ("D", "door", WARP), ("S", "stairs", WARP), ("E", "path", WARP),
+    ('"', "grass", GRASS), ("D", "door", WARP), ("S", "stairs", WARP), ("E", "path", WARP | EDGE),
     ("H", "bed", HEAL), ("s", "sign", SOLID | TALK), ("N", "npc", SOLID | TALK),
     ("L", "leader", SOLID | TALK), ("R", "roof", SOLID), ("B", "housewall", SOLID),
     ("P", "pc", SOLID | TALK), ("t", "table", SOLID), ("o", "rock", SOLID),
@@ -700,6 +700,7 @@ TEXTS = {
     "TxtLostToRival": "<RIVAL> WON THIS\nTIME.", "TxtLabHealed": "YOUR POKEMON IS\nHEALED. GO NORTH!",
     "TxtTicket": "A MUSEUM TICKET?\nHERE YOU GO!", "TxtNoEffect": "NO DAMAGE. FOE HIT",
     "TxtNextMon": "FAINTED! NEXT ONE!", "TxtSwitched": "THE TWO SWITCHED\nPLACES.",
+    "TxtOakWait": "OAK: WAIT! GET A\nPOKEMON IN MY LAB!",
     "TxtLeaderTooWeak": f"LEADER: TOO WEAK!\nCOME BACK AT LV{BADGE_LEVEL}.",
     "TxtLeaderChallenge": "LEADER: SHOW ME\nYOUR STRENGTH!",
     "TxtLeaderAfter": "LEADER: THE BADGE\nIS ALREADY YOURS.",
@@ -1798,6 +1799,15 @@ TryStep:                        ; direction c (0 down, 1 up, 2 left, 3 right): t
     call GetCellFlags
     bit 0, a                    ; SOLID
     ret nz
+    bit 5, a                    ; EDGE: Oak keeps a player with no Pokemon in town, as the real
+    jr z, .step                 ; game's Pallet Town script does (pokered scripts/PalletTown.asm)
+    ld a, [wPartyCount]
+    and a
+    jr nz, .step
+    ld hl, TxtOakWait
+    call ShowText
+    jp CloseText
+.step:
     ld a, b
     ld [wYCoord], a
     ld a, c

@@ -265,7 +265,8 @@ def test_a_warp_credits_its_arrival_tile_not_the_new_map_at_the_old_position(env
     assert position(env) == (standin_play.REDS_HOUSE_1F, 6, 2)
     assert tile(standin_play.REDS_HOUSE_1F, 6, 2) in env.visited_tiles
     assert tile(standin_play.REDS_HOUSE_1F, 6, 1) not in env.visited_tiles
-    play(env, standin_play.DOWNSTAIRS_TO_TOWN + ["b"] + standin_play.TOWN_TO_ROUTE)  # a door, a map edge
+    play(env, standin_play.DOWNSTAIRS_TO_TOWN + ["b"] + standin_play.TOWN_TO_BALL + standin_play.BEAT_RIVAL)
+    play(env, standin_play.LAB_TO_ROUTE)  # a door, then a map edge
     assert position(env) == (standin_play.ROUTE_1, 2, 6)
     assert tile(standin_play.ROUTE_1, 2, 6) in env.visited_tiles  # credited at once
     assert tile(standin_play.PALLET_TOWN, 2, 7) not in env.visited_tiles  # Pallet at 1F's door

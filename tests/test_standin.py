@@ -231,7 +231,11 @@ def test_doors_and_map_edges_warp_and_entering_from_outdoors_sets_last_map(start
     assert m[sp.LAST_MAP] == 0x00  # indoor to outdoor: unchanged
     play(started, ["up", "b"])  # back through the front door (3, 3): 1F (2, 6), just above its door
     assert position(started) == (sp.REDS_HOUSE_1F, 2, 6) and m[sp.LAST_MAP] == sp.PALLET_TOWN
-    play(started, ["down", "b"] + sp.TOWN_TO_ROUTE)  # out again, then out of town at the top edge
+    play(started, ["down", "b"] + sp.TOWN_TO_ROUTE)  # out again; no Pokemon: Oak stops the player
+    assert position(started) == (sp.PALLET_TOWN, 4, 1) and m[sp.FONT_LOADED] & 1 and m[sp.FACING] == 0x04
+    play(started, ["b"] + ["down"] * 3 + ["left"] + sp.TOWN_TO_BALL + sp.BEAT_RIVAL + ["down", "down", "b"])
+    assert position(started) == (sp.PALLET_TOWN, 7, 4) and m[sp.LAST_MAP] == sp.PALLET_TOWN
+    play(started, sp.LAB_TO_ROUTE[2:])  # with the starter, out of town at the top edge
     assert position(started) == (sp.ROUTE_1, 2, 6) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (3, 4)
     assert m[sp.LAST_MAP] == sp.PALLET_TOWN  # outdoor to outdoor: unchanged
     play(started, ["down"])  # back down over the edge
@@ -245,7 +249,7 @@ def test_warps_write_the_map_then_fade_then_the_position_but_map_edges_write_bot
     assert [place for place, _ in places] == [(sp.REDS_HOUSE_2F, 6, 2), (sp.REDS_HOUSE_2F, 6, 1),
                                               (sp.REDS_HOUSE_1F, 6, 1), (sp.REDS_HOUSE_1F, 6, 2)]
     assert places[2][1] >= 32  # the new map with the old position for the whole fade
-    play(started, sp.DOWNSTAIRS_TO_TOWN + ["b"] + sp.TOWN_TO_ROUTE[:-1])  # Pallet (4, 1), below the edge
+    play(started, sp.DOWNSTAIRS_TO_TOWN + ["b"] + sp.TOWN_TO_BALL + sp.BEAT_RIVAL + sp.LAB_TO_ROUTE[:-1])
     places = positions_frame_by_frame(started, "up")  # a map connection in the real game
     assert [place for place, _ in places] == [(sp.PALLET_TOWN, 4, 1), (sp.PALLET_TOWN, 4, 0),
                                               (sp.ROUTE_1, 2, 6)]
