@@ -2127,7 +2127,8 @@ SwitchParty:                    ; as the party menu's SWITCH (pokered engine/men
 
 ; ---- Battles ------------------------------------------------------------------------------------
 ; A attacks; the foe faints after its number of hits and strikes back after every other one.
-; B runs from wild battles. Winning raises the level by one (max HP and HP by HP_PER_LEVEL).
+; B runs from wild battles. Winning raises the level by one (max HP and HP by HP_PER_LEVEL). The
+; first member with HP fights (wFighterOffset: 0 or 44), then the other one if it faints.
 WildBattle:                     ; a = entry in Opponents
     ld b, 1
     jr Battle
