@@ -109,7 +109,7 @@ def test_scripted_route_is_drawn_where_the_world_puts_it(badge_route_info):
     world = pokemon_env.load_world(standin_play.ROM)
     visits = {}
     pokemon_env.add_visits(visits, badge_route_info["visited_tiles"])
-    assert set(visits) == {0x00, 0x0C, 0x25, 0x26, 0x36}  # every map the route entered is drawn...
+    assert set(visits) == {0x00, 0x0C, 0x25, 0x26, 0x28, 0x36}  # every map the route entered is drawn...
     layout = pokemon_env.world_layout(visits, world)
     assert set(visits) <= set(layout["places"])  # ...and placed
     image = pokemon_env.render_world_map(visits, 1, world)
@@ -129,10 +129,10 @@ def test_scripted_route_is_drawn_where_the_world_puts_it(badge_route_info):
     # Route 1's edge (2, 7) is the step just north of Pallet Town's exit (4, 0).
     pallet, route_1 = layout["places"][0x00], layout["places"][0x0C]
     assert (route_1[0] + 7, route_1[1] + 2) == (pallet[0] - 1, pallet[1] + 4)
-    # The house's floors hang on Pallet Town's door (3, 3), the gym on Route 1's (2, 1); the insets
-    # sit near them and cover no visited tile, no door and no other inset.
+    # The house's floors hang on Pallet Town's door (3, 3), Oak's lab on its door (7, 3), the gym on
+    # Route 1's (2, 1); the insets sit near them and cover no visited tile, no door and no other inset.
     assert layout["doors"] == {0x25: (pallet[0] + 3, pallet[1] + 3), 0x26: (pallet[0] + 3, pallet[1] + 3),
-                               0x36: (route_1[0] + 1, route_1[1] + 2)}
+                               0x28: (pallet[0] + 3, pallet[1] + 7), 0x36: (route_1[0] + 1, route_1[1] + 2)}
     rectangles = {map_id: layout["places"][map_id] for map_id in layout["doors"]}
     covered = np.zeros(layout["size"], int)
     for top, left, h, w in rectangles.values():
