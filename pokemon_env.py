@@ -24,15 +24,20 @@ import json
 import math
 import multiprocessing
 import os
+import signal
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-# PufferLib first: it hides the import notice of the unmaintained gym package it depends on.
-import pufferlib.emulation
-import pufferlib.exceptions
-import pufferlib.vector
+# PufferLib first: it hides the import notice of the unmaintained gym package it depends on. It has
+# wheels for Linux x86-64 with Python 3.11 only; elsewhere our Serial and Multiprocessing stand in.
+try:
+    import pufferlib.emulation
+    import pufferlib.vector
+except ImportError:
+    pufferlib = None
 
 import cv2
 import gymnasium
@@ -785,86 +790,272 @@ def _free_spot(taken, on_map, size, anchor) -> tuple[int, int]:
 
 
 def make_env(**env_kwargs):
-    """PufferLib creator: `pufferlib.vector.make(make_env, env_kwargs=..., backend=...)`."""
-    return pufferlib.emulation.GymnasiumPufferEnv(env=PokemonRedEnv(**env_kwargs))
+    """PufferLib creator: `pufferlib.vector.make(make_env, env_kwargs=..., backend=...)`; without
+    PufferLib, the env itself."""
+    env = PokemonRedEnv(**env_kwargs)
+    return pufferlib.emulation.GymnasiumPufferEnv(env=env) if pufferlib is not None else env
 
 
-class Multiprocessing(pufferlib.vector.Multiprocessing):
-    """PufferLib's Multiprocessing backend, with processes that sleep while they wait.
+def make_vector_env(env_kwargs: dict, num_envs: int, backend: str, num_workers: int | None = None):
+    """`num_envs` envs stepped together, with PufferLib's vector API (reset, send, recv, step, close).
 
-    PufferLib 2.0.2's workers poll a shared flag and spin for half a second after every step, and
-    its main process spins in recv(). That suits a machine with a spare core for every process; on a
-    laptop the spinning processes take the cores the emulators need (benchmarks/README.md has the
-    figures). Here the main process wakes each worker through a semaphore once its actions are in
-    place, and each worker signals one shared semaphore when its envs have stepped, so a waiting
-    process sleeps in the kernel. PufferLib's shared buffers, flags, pipes (for seeds and episode
-    infos) and bookkeeping are unchanged. Synchronous only: every recv() waits for all workers, as
-    the trainer does (batch_size == num_envs).
+    backend "serial" steps them in this process: PufferLib's Serial, or our `Serial` where PufferLib is
+    not installed; "multiprocessing" is our `Multiprocessing` (its workers sleep while they wait).
+    Both go through `pufferlib.vector.make` where PufferLib is installed.
+    """
+    vector_backend = Multiprocessing if backend == "multiprocessing" else Serial
+    worker_kwargs = {"num_workers": num_workers} if backend == "multiprocessing" else {}
+    if pufferlib is not None:
+        if backend == "serial":
+            vector_backend = pufferlib.vector.Serial
+        return pufferlib.vector.make(make_env, env_kwargs=env_kwargs, backend=vector_backend,
+                                     num_envs=num_envs, **worker_kwargs)
+    return vector_backend([make_env] * num_envs, [[]] * num_envs, [env_kwargs] * num_envs, num_envs,
+                          **worker_kwargs)
+
+
+class WorkerError(RuntimeError):
+    """A worker process died, or an env raised inside it; the message is one line."""
+
+
+class Serial:
+    """PufferLib's Serial backend, ours, for platforms without PufferLib; our workers use it too.
+
+    The same semantics: reset(seed) seeds env i with seed + i; once an episode ends, the next step
+    resets that env instead, ignores its action and returns the first observation with reward 0; the
+    arrays returned are buffers that the next step overwrites; infos lists the non-empty infos.
     """
 
-    def __init__(self, env_creators, env_args, env_kwargs, num_envs, num_workers=None, **kwargs):
-        num_workers = num_workers or num_envs
-        if kwargs.get("batch_size", num_envs) != num_envs:
-            raise pufferlib.exceptions.APIUsageError(
-                "pokemon_env.Multiprocessing steps all envs together: leave batch_size at num_envs")
-        context = multiprocessing.get_context()
-        self.wake = [context.Semaphore(0) for _ in range(num_workers)]
-        self.finished = context.Semaphore(0)
-        # PufferLib starts `pufferlib.vector._worker_process` as each worker's loop: start ours.
-        puffer_worker = pufferlib.vector._worker_process
-        pufferlib.vector._worker_process = functools.partial(_sleeping_worker, self.wake, self.finished)
-        try:
-            super().__init__(env_creators, env_args, env_kwargs, num_envs, num_workers, **kwargs)
-        finally:
-            pufferlib.vector._worker_process = puffer_worker
+    def __init__(self, env_creators, env_args, env_kwargs, num_envs, buffers=None, **unused):
+        self.envs = [make(*args, **kwargs) for make, args, kwargs in zip(env_creators, env_args, env_kwargs)]
+        self.num_envs = num_envs
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        self.buffers = buffers or VectorBuffers.allocate(num_envs, self.single_observation_space)
+        self.done = [False] * num_envs
+        self.infos = []
 
-    def async_reset(self, seed=42):
-        super().async_reset(seed)  # flags set to RESET, seeds on the pipes
-        for wake in self.wake:
-            wake.release()
+    def reset(self, seed=0):
+        self.infos = []
+        for i, env in enumerate(self.envs):
+            observation, info = env.reset(seed=seed + i)
+            self._store(i, observation, 0.0, False, False, info)
+        return self.buffers.observations, self.infos
 
     def send(self, actions):
-        super().send(actions)  # actions in shared memory, flags set to STEP
+        self.infos = []
+        for i, env in enumerate(self.envs):
+            if self.done[i]:  # the episode ended last step: this step starts the next one
+                observation, info = env.reset()
+                self._store(i, observation, 0.0, False, False, info)
+            else:
+                self._store(i, *env.step(int(actions[i])))
+
+    def _store(self, i, observation, reward, terminated, truncated, info):
+        buffers = self.buffers
+        buffers.observations[i] = observation
+        buffers.rewards[i], buffers.terminals[i], buffers.truncations[i] = reward, terminated, truncated
+        self.done[i] = terminated or truncated
+        if info:
+            self.infos.append(info)
+
+    def recv(self):
+        """PufferLib's seven: observations, rewards, terminals, truncations, infos, env ids, masks."""
+        b = self.buffers
+        return b.observations, b.rewards, b.terminals, b.truncations, self.infos, range(self.num_envs), None
+
+    def step(self, actions):
+        self.send(actions)
+        return self.recv()[:5]
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
+@dataclass
+class VectorBuffers:
+    """What a step returns for each env, as numpy arrays over one block of (optionally shared) memory."""
+
+    observations: np.ndarray
+    rewards: np.ndarray
+    terminals: np.ndarray
+    truncations: np.ndarray
+    actions: np.ndarray
+
+    @staticmethod
+    def layout(num_envs: int, observation_space):
+        """(field, shape, dtype, byte offset) for each array, and the bytes they take together."""
+        fields = [("observations", (num_envs, *observation_space.shape), observation_space.dtype),
+                  ("rewards", (num_envs,), np.float32), ("terminals", (num_envs,), np.bool_),
+                  ("truncations", (num_envs,), np.bool_), ("actions", (num_envs,), np.int64)]
+        offset, layout = 0, []
+        for name, shape, dtype in fields:
+            layout.append((name, shape, dtype, offset))
+            offset += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 8) * 8  # 8-byte aligned
+        return layout, offset
+
+    @classmethod
+    def over(cls, memory, num_envs: int, observation_space) -> "VectorBuffers":
+        """The arrays over `memory` (a bytearray, or a shared RawArray of layout()'s size)."""
+        layout, _ = cls.layout(num_envs, observation_space)
+        return cls(**{name: np.frombuffer(memory, dtype, int(np.prod(shape)), offset).reshape(shape)
+                      for name, shape, dtype, offset in layout})
+
+    @classmethod
+    def allocate(cls, num_envs: int, observation_space) -> "VectorBuffers":
+        return cls.over(bytearray(cls.layout(num_envs, observation_space)[1]), num_envs, observation_space)
+
+    def rows(self, rows: slice) -> "VectorBuffers":
+        return VectorBuffers(*(getattr(self, field.name)[rows] for field in dataclasses.fields(self)))
+
+
+# A worker's command byte, set by the main process before it wakes the worker...
+STEP, RESET, CLOSE = 0, 1, 2
+# ...and its status byte, set by the worker before it signals `finished`.
+STEPPED, STEPPED_WITH_INFOS, FAILED = 0, 1, 2
+
+
+class Multiprocessing:
+    """Our multiprocessing backend: worker processes step their share of the envs with `Serial`.
+
+    Observations, rewards and actions live in shared memory; episode infos and errors come through a
+    pipe per worker. A waiting process sleeps: the main process wakes each worker through a semaphore
+    once the actions are in place, and the workers signal one shared semaphore when they have stepped
+    (PufferLib 2.0.2's processes spin while they wait, which takes the cores the emulators need).
+    Synchronous: recv() waits for every worker. A worker that dies or raises is noticed within about
+    a second and raises WorkerError in the main process. Works with the spawn start method (macOS,
+    Windows): the start state the intro driver reached here is handed to the workers.
+    """
+
+    def __init__(self, env_creators, env_args, env_kwargs, num_envs, num_workers=None, batch_size=None,
+                 start_method=None, **unused):
+        num_workers = num_workers or num_envs
+        if num_envs % num_workers or batch_size not in (None, num_envs):
+            raise ValueError("pokemon_env.Multiprocessing steps all envs together: num_envs must be a "
+                             "multiple of num_workers, and batch_size num_envs")
+        # One env here first: the spaces, and a start state that the workers then need not boot.
+        first_env = env_creators[0](*env_args[0], **env_kwargs[0])
+        self.single_observation_space = first_env.observation_space
+        self.single_action_space = first_env.action_space
+        first_env.close()
+        self.num_envs, self.envs_per_worker = num_envs, num_envs // num_workers
+        context = multiprocessing.get_context(start_method)
+        # Shared memory goes to the workers as RawArrays: a spawned worker would get numpy arrays as copies.
+        memory = context.RawArray("b", VectorBuffers.layout(num_envs, self.single_observation_space)[1])
+        self.buffers = VectorBuffers.over(memory, num_envs, self.single_observation_space)
+        shared_control, shared_seeds = context.RawArray("B", 2 * num_workers), context.RawArray("q", num_workers)
+        self.commands, self.statuses = np.frombuffer(shared_control, np.uint8).reshape(2, num_workers)
+        self.seeds = np.frombuffer(shared_seeds, np.int64)
+        self.wake = [context.Semaphore(0) for _ in range(num_workers)]
+        self.finished = context.Semaphore(0)
+        self.pipes, self.processes, self.infos = [], [], []
+        for worker in range(num_workers):
+            rows = slice(worker * self.envs_per_worker, (worker + 1) * self.envs_per_worker)
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_worker, daemon=True, name=f"pokemon_env worker {worker}",
+                args=(worker, env_creators[rows], env_args[rows], env_kwargs[rows], dict(_booted_start_states),
+                      memory, num_envs, self.single_observation_space, rows, shared_control, shared_seeds,
+                      self.wake[worker], self.finished, send),
+            )  # fmt: skip
+            process.start()
+            self.pipes.append(receive)
+            self.processes.append(process)
+        try:
+            self._wait()  # every worker has made its envs
+        except WorkerError:
+            self.close()
+            raise
+
+    def reset(self, seed=0):
+        self.seeds[:] = seed + np.arange(len(self.processes)) * self.envs_per_worker
+        self._wake(RESET)
+        self.infos = self._wait()
+        return self.buffers.observations, self.infos
+
+    def send(self, actions):
+        self.buffers.actions[:] = actions
+        self._wake(STEP)
+
+    def recv(self):
+        """PufferLib's seven: observations, rewards, terminals, truncations, infos, env ids, masks."""
+        self.infos = self._wait()
+        b = self.buffers
+        return b.observations, b.rewards, b.terminals, b.truncations, self.infos, range(self.num_envs), None
+
+    def step(self, actions):
+        self.send(actions)
+        return self.recv()[:5]
+
+    def close(self):
+        """Stop the workers: asked first, terminated if they have not exited within a second."""
+        if self.processes:
+            self._wake(CLOSE)
+        for process in self.processes:
+            process.join(timeout=1.0)
+            if process.exitcode is None:
+                process.terminate()
+                process.join()
+        self.processes = []
+
+    def _wake(self, command: int):
+        self.commands[:] = command
         for wake in self.wake:
             wake.release()
 
-    def recv(self):
-        for _ in self.wake:
-            self.finished.acquire()  # sleeps until every worker has stepped
-        return super().recv()
+    def _wait(self) -> list:
+        """Sleep until every worker has signalled; return the infos they sent. Raises WorkerError."""
+        for _ in self.processes:
+            while not self.finished.acquire(timeout=1.0):  # wakes now and then to check on the workers
+                for worker, process in enumerate(self.processes):
+                    if process.exitcode is not None:
+                        raise WorkerError(f"{self._name(worker)} died (exit code {process.exitcode})")
+        infos = []
+        for worker, status in enumerate(self.statuses):
+            if status == STEPPED_WITH_INFOS:
+                infos.extend(self.pipes[worker].recv())
+            elif status == FAILED:
+                raise WorkerError(f"{self._name(worker)} failed: {self.pipes[worker].recv()}")
+        return infos
+
+    def _name(self, worker: int) -> str:
+        first, last = worker * self.envs_per_worker, (worker + 1) * self.envs_per_worker - 1
+        return f"env worker {worker} (pid {self.processes[worker].pid}, envs {first}-{last})"
 
 
-def _sleeping_worker(wake, finished, env_creators, env_args, env_kwargs, obs_shape, obs_dtype, atn_shape,
-                     atn_dtype, num_envs, num_agents, num_workers, worker_idx, send_pipe, recv_pipe, shm,
-                     is_native):
-    """One worker's loop, called with PufferLib's arguments: sleep until woken, step or reset, signal."""
-    rows = (num_workers, num_envs * num_agents)  # this worker's row of each shared array
-
-    def row(raw, dtype, shape=()):
-        return np.ndarray((*rows, *shape), dtype=dtype, buffer=raw)[worker_idx]
-
-    buf = pufferlib.namespace(
-        observations=row(shm.observations, obs_dtype, obs_shape), rewards=row(shm.rewards, np.float32),
-        terminals=row(shm.terminals, bool), truncations=row(shm.truncateds, bool), masks=row(shm.masks, bool))
-    buf.masks[:] = True
-    actions = row(shm.actions, atn_dtype, atn_shape)
-    flags = np.ndarray(num_workers, dtype=np.uint8, buffer=shm.semaphores)
-    envs = pufferlib.vector.Serial(env_creators, env_args, env_kwargs, num_envs)
-    envs._assign_buffers(buf)
+def _worker(worker, env_creators, env_args, env_kwargs, start_states, memory, num_envs, observation_space,
+            rows, shared_control, shared_seeds, wake, finished, pipe):
+    """One worker process: make its envs, then sleep until woken, step or reset them, signal `finished`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's: it stops the workers
+    _booted_start_states.update(start_states)  # a spawned worker does not replay the intro
+    commands, statuses = np.frombuffer(shared_control, np.uint8).reshape(2, -1)
+    seed = np.frombuffer(shared_seeds, np.int64)[worker : worker + 1]
+    buffers = VectorBuffers.over(memory, num_envs, observation_space).rows(rows)
     parent = os.getppid()
-    while True:
-        if not wake[worker_idx].acquire(timeout=1.0):
-            if os.getppid() != parent:  # the main process has gone without closing us
-                break
-            continue
-        if flags[worker_idx] == pufferlib.vector.STEP:
-            infos = envs.step(actions)[4]
-        else:  # RESET
-            infos = envs.reset(seed=recv_pipe.recv())[1]
-        # As PufferLib's workers do: episode infos go through the pipe, announced by the INFO flag.
-        if infos:
-            flags[worker_idx] = pufferlib.vector.INFO
-            send_pipe.send(infos)
-        else:
-            flags[worker_idx] = pufferlib.vector.MAIN
+    try:
+        envs = Serial(env_creators, env_args, env_kwargs, len(env_creators), buffers)
+        statuses[worker] = STEPPED
         finished.release()
+        while True:
+            if not wake.acquire(timeout=1.0):
+                if os.getppid() != parent:  # the main process has gone without closing us
+                    break
+                continue
+            if commands[worker] == CLOSE:
+                break
+            if commands[worker] == RESET:
+                envs.reset(seed=int(seed[0]))
+            else:
+                envs.send(envs.buffers.actions)
+            if envs.infos:
+                pipe.send(envs.infos)
+            statuses[worker] = STEPPED_WITH_INFOS if envs.infos else STEPPED
+            finished.release()
+        envs.close()
+    except Exception as error:  # the env's own, for the main process to report in one line
+        message = (str(error).strip().splitlines() or [""])[0]
+        pipe.send(f"{type(error).__name__}: {message}" if message else type(error).__name__)
+        statuses[worker] = FAILED
+        finished.release()
+        sys.exit(1)
