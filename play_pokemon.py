@@ -244,7 +244,7 @@ def choose_action(agent: Agent, obs: np.ndarray, greedy: bool, device) -> int:
         if not greedy:
             action, _, _, _ = agent.get_action_and_value(x)  # sampled, exactly as in training
             return int(action.item())
-        logits = agent.actor(agent.network(x / 255.0))  # as in Agent.get_action_and_value
+        logits = agent.actor(agent.hidden(x))  # as in Agent.get_action_and_value
         return int(logits.argmax(dim=1).item())  # the most likely action
 
 

@@ -245,15 +245,13 @@ def test_impossible_arguments_are_refused(changes, message, any_rom):
 def test_default_arguments_pass_and_backend_choice(any_rom):
     args = Args(env=pokemon_env.EnvSettings(rom_path=any_rom))
     assert ppo_pokemon.check_args(args, physical_cores=2) is None
-    assert ppo_pokemon.choose_vectorization(args, 2) == ("multiprocessing", 2)
-    assert ppo_pokemon.choose_vectorization(args, 8) == ("multiprocessing", 4)
-    assert ppo_pokemon.choose_vectorization(args, 1) == ("serial", None)
-    six_envs = dataclasses.replace(args, num_envs=6)
-    assert ppo_pokemon.choose_vectorization(six_envs, 4) == ("multiprocessing", 3)
-    three_envs = dataclasses.replace(args, num_envs=3)  # no divisor but 1 fits 2 cores: no worker pays
-    assert ppo_pokemon.choose_vectorization(three_envs, 2) == ("serial", None)
-    one_worker = dataclasses.replace(three_envs, vec_backend="multiprocessing")
-    assert ppo_pokemon.choose_vectorization(one_worker, 2) == ("multiprocessing", 1)
+    assert ppo_pokemon.choose_vectorization(args, 4, 2) == ("multiprocessing", 2)
+    assert ppo_pokemon.choose_vectorization(args, 4, 8) == ("multiprocessing", 4)
+    assert ppo_pokemon.choose_vectorization(args, 4, 1) == ("serial", None)
+    assert ppo_pokemon.choose_vectorization(args, 6, 4) == ("multiprocessing", 3)
+    assert ppo_pokemon.choose_vectorization(args, 3, 2) == ("serial", None)  # no divisor but 1 fits 2 cores
+    one_worker = dataclasses.replace(args, vec_backend="multiprocessing")
+    assert ppo_pokemon.choose_vectorization(one_worker, 3, 2) == ("multiprocessing", 1)
 
 
 def test_checkpoint_round_trip_and_bad_files(tmp_path):

@@ -193,7 +193,7 @@ def test_multiprocessing_backend_delivers_episode_infos(tmp_path):
     result = train(tmp_path, "--vec-backend", "multiprocessing", "--num-workers", "1", "--total-timesteps", "128",
                    "--eval-episodes", "0")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 envs (multiprocessing, workers: 1)" in result.stdout
+    assert "2 envs (multiprocessing, 1 worker)" in result.stdout
     accumulator = events(tmp_path)
     assert scalars(accumulator, "episode/count") == [(128, 2.0)]  # both envs' 40-step episodes ended
     assert scalars(accumulator, "episode/mean_length") == [(128, 40.0)]
