@@ -285,8 +285,10 @@ def check_args(args: Args, physical_cores: int) -> Optional[str]:
     if not os.path.isfile(args.env.rom_path):
         return (f"ROM not found: {args.env.rom_path}: put your own legally obtained Pokemon Red there "
                 f"(SHA-1 {pokemon_env.RED_SHA1}), or try --rom-path roms/standin.gb")
-    if args.env.init_state is not None and not os.path.isfile(args.env.init_state):
-        return f"init state not found: {args.env.init_state}"
+    try:
+        args.env.start_state_files()
+    except pokemon_env.StateError as e:
+        return str(e)
     return None
 
 
@@ -393,7 +395,7 @@ def evaluate(agent, env, num_episodes: int, seed: int, device, stop: StopRequest
             next_obs, _, terminated, truncated, info = env.step(action.item())
             if terminated or truncated:
                 for key, value in info.items():
-                    if np.ndim(value) == 0:
+                    if np.ndim(value) == 0 and key != "start_state":  # an index, no statistic
                         stats[key].append(float(value))
                 break
     return {key: float(np.mean(values)) for key, values in stats.items()}
@@ -431,6 +433,7 @@ if __name__ == "__main__":
     problem = check_args(args, physical_cores)
     if problem:
         fail(problem)
+    args.env.init_state = args.env.start_state_files()  # folders as their files: the run keeps its states
     saved_args = flat_args(args)  # as given, before the derived sizes below
     if args.num_steps is None:
         args.num_steps = args.batch_size // args.num_envs
@@ -499,6 +502,9 @@ if __name__ == "__main__":
     if checkpoint is None:
         rows = "".join(f"\n| {name} | {value} |" for name, value in saved_args.items())
         writer.add_text("hyperparameters", "| argument | value |\n|---|---|" + rows)
+        if args.env.init_state:  # the files behind the indices of episode/return_by_start_state
+            rows = "".join(f"\n| {index} | {path} |" for index, path in enumerate(args.env.init_state))
+            writer.add_text("start_states", "| index | file |\n|---|---|" + rows)
     checkpoint_dir = os.path.join("checkpoints", run_name)
     workers = f", workers: {num_workers}" if num_workers else ""
     print(f"run {run_name}: {args.num_envs} envs ({backend}{workers}), {num_iterations} updates of "
@@ -592,6 +598,9 @@ if __name__ == "__main__":
                 for key, stat in info.items():
                     if key == "visited_tiles":
                         pokemon_env.add_visits(visit_counts, stat)
+                    elif key == "start_state":  # an index: the return is logged per start state instead
+                        if len(args.env.init_state or ()) > 1:  # with one, it would repeat mean_reward
+                            episode_stats[f"return_by_start_state/{stat}"].append(info["episode_return"])
                     elif np.ndim(stat) == 0:
                         episode_stats[key].append(float(stat))
                 recent_returns.append(float(info["episode_return"]))
