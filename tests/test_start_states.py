@@ -1,8 +1,11 @@
 """Many start states: several files or a folder as init_state, one drawn by the env's RNG at each reset."""
+from pathlib import Path
+
 import pytest
-from conftest import STANDIN_ROM
 
 from pokemon_env import ACTIONS, MAP_ID, X_COORD, Y_COORD, EnvSettings, PokemonRedEnv, StateError
+
+STANDIN_ROM = Path(__file__).resolve().parent.parent / "roms" / "standin.gb"
 
 
 def position(env):
