@@ -5,11 +5,16 @@
     python play_pokemon.py --episodes 10 --json eval.json    # evaluate; per-episode results and a summary
     python play_pokemon.py --record agent.gif --max-steps 300
     python play_pokemon.py --episodes 8 --world-map world.png  # where the episodes went, on the world map
+    python play_pokemon.py --save-states states/ --save-every 500  # save the agent's games to train from
 
-The agent and the environment settings (observation shape, frame skip, rewards, ROM, start state,
+The agent and the environment settings (observation shape, frame skip, rewards, ROM, start states,
 episode length) come from the checkpoint; --rom-path, --init-state and --max-steps override them.
 Actions are sampled from the policy, as in training, unless --greedy; a --seed (default 1) makes
 a run repeatable: episode i (from 0) resets the env with seed + i, and torch's sampler is seeded once.
+
+--save-states DIR writes PyBoy states of the agent's games into DIR, each named for what it holds
+(ep01_step000400_PALLET_TOWN_badges0.state): every --save-every steps, and whenever an episode
+reaches a map or a badge count for the first time. The folder is a valid --init-state.
 
 Recordings (--record x.gif or x.mp4) hold the full-resolution 160x144 screen once per agent step
 (what the agent acted on), plus the first screen of each episode: episode_length + 1 frames per
@@ -26,9 +31,11 @@ same total duration; an MP4 holds every one.
     episodes      one object per finished episode: episode (1-based), seed, episode_return,
                   episode_length, badges, unique_tiles, maps_visited, event_flags, level_sum,
                   pokedex_seen, pokedex_owned, blackouts, reward_<term> (the return by reward
-                  term), action_counts ({button: times pressed})
+                  term), start_state (index into env_kwargs' init_state), action_counts
+                  ({button: times pressed})
     summary       {metric: {mean, std, min, max}} over the episodes, for the metrics of the table
     recording     {path, fps, frames} or null
+    saved_states  the state files written by --save-states, or null
 
 Exit status: 0 done; 2 refused (bad arguments, no or unusable checkpoint, missing ROM: one line on
 stderr, prefixed "play_pokemon.py: error:"); 130 stopped by Ctrl-C (finished episodes are still
@@ -38,6 +45,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import struct
 import sys
 import time
@@ -86,12 +94,16 @@ class Args:
     # Overrides of the checkpoint's environment settings (pokemon_env.EnvSettings)
     rom_path: CheckpointsByDefault[Optional[str]] = None
     """play on this ROM"""
-    init_state: CheckpointsByDefault[Optional[str]] = None
-    """start every episode from this PyBoy save state ('boot': from power-on)"""
+    init_state: CheckpointsByDefault[Optional[list[str]]] = None
+    """start episodes from these PyBoy save states or folders of *.state files ('boot': from power-on)"""
     max_steps: CheckpointsByDefault[Optional[int]] = None
     """episode length limit in agent steps"""
     cuda: bool = False
     """if toggled, run the network on CUDA when available (one env needs no GPU)"""
+    save_states: Optional[str] = None
+    """write PyBoy states of the agent's play into this folder (not the ROM's), named by step, map, badges"""
+    save_every: int = 0
+    """with --save-states: also save every this many steps (0: only on a new map or badge count)"""
 
 
 # The per-episode metrics of the printed table and the JSON summary: (info key, label, format).
@@ -139,6 +151,14 @@ def check_args(args: Args) -> Optional[str]:
             return f"--record-fps must be in (0, {max_fps}] for a {extension} (got {args.record_fps})"
     if args.json is not None and os.path.isdir(args.json):
         return f"--json {args.json} is a folder; give a file name"
+    if args.save_every < 0:
+        return f"--save-every must be 0 (only on a new map or badge count) or more (got {args.save_every})"
+    if args.save_every and args.save_states is None:
+        return "--save-every goes with --save-states DIR"
+    if args.save_states is not None:
+        problem = cannot_write(os.path.join(args.save_states, ".write_test"))
+        if problem:
+            return f"cannot write --save-states {args.save_states}: {problem}"
     if args.world_map is not None:
         if not args.world_map.lower().endswith(".png"):
             return f"--world-map must end in .png (got {args.world_map!r})"
@@ -184,19 +204,21 @@ def env_settings(checkpoint: dict, args: Args) -> dict:
         raise PlayError(f"the checkpoint's environment settings do not fit pokemon_env.py: {e}") from None
     overrides = {"rom_path": args.rom_path, "init_state": args.init_state, "max_steps": args.max_steps}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    if args.init_state == "boot":
+    if args.init_state == ["boot"]:
         settings.init_state = None
-    env_kwargs = dataclasses.asdict(settings)
-    rom_path = env_kwargs.get("rom_path")
+    rom_path = settings.rom_path
     if rom_path is None or not os.path.isfile(rom_path):
         origin = "" if args.rom_path is not None else " (the checkpoint's ROM path; give --rom-path)"
         raise PlayError(f"ROM not found: {rom_path}{origin}")
-    init_state = env_kwargs.get("init_state")
-    if init_state is not None and not os.path.isfile(init_state):
+    try:
+        settings.init_state = settings.start_state_files()
+    except pokemon_env.StateError as e:
         origin = "" if args.init_state is not None else (
             " (the checkpoint's; give --init-state PATH, or --init-state boot to start from power-on)")
-        raise PlayError(f"init state not found: {init_state}{origin}")
-    return env_kwargs
+        raise PlayError(f"{e}{origin}") from None
+    if args.save_states is not None and os.path.samefile(args.save_states, os.path.dirname(rom_path) or "."):
+        raise PlayError(f"--save-states {args.save_states} is the ROM's folder: save states elsewhere")
+    return dataclasses.asdict(settings)
 
 
 def make_env(env_kwargs: dict, render: bool) -> "pokemon_env.PokemonRedEnv":
@@ -338,14 +360,44 @@ def screen_rgb(env) -> np.ndarray:
     return env.pyboy.screen.ndarray[:, :, :3].copy()  # PyBoy reuses its buffer: copy at once
 
 
+class StateSaver:
+    """Writes PyBoy states of the agent's play into one folder, never elsewhere: every `every` steps
+    (0: never), and whenever an episode reaches a map or a badge count for the first time."""
+
+    def __init__(self, folder: str, every: int, world: dict, episodes: int):
+        self.folder, self.every, self.world = folder, every, world
+        self.episode_digits = max(2, len(str(episodes)))
+        self.paths = []
+
+    def start(self, env, episode: int):
+        self.episode, self.maps, self.badges = episode, {env.position[0]}, env.badges_raw.bit_count()
+
+    def after_step(self, env):
+        map_id, badges = env.position[0], env.badges_raw.bit_count()  # what the RAM says after the step
+        if map_id not in self.maps or badges > self.badges or (self.every and env.steps % self.every == 0):
+            self.maps.add(map_id)
+            self.badges = max(self.badges, badges)
+            map_name = self.world["maps"].get(map_id, {}).get("name", f"MAP_{map_id:02X}")
+            map_name = re.sub(r"[^A-Za-z0-9]+", "_", map_name).strip("_")  # a file name, inside the folder
+            episode = f"ep{self.episode:0{self.episode_digits}d}"
+            path = os.path.join(self.folder, f"{episode}_step{env.steps:06d}_{map_name}_badges{badges}.state")
+            env.save_state(path + ".tmp")  # then renamed: a folder of states never holds half of one
+            os.replace(path + ".tmp", path)
+            self.paths.append(path)
+
+
 def play_episode(env, agent, seed: int, greedy: bool, device, recorder: Optional[Recorder],
-                 visit_counts: Optional[dict] = None) -> dict:
+                 visit_counts: Optional[dict] = None, saver: Optional[StateSaver] = None,
+                 episode: int = 1) -> dict:
     """One episode to its end; returns the env's end-of-episode statistics plus action counts.
 
-    With visit_counts, the episode's visited tiles are counted into it (pokemon_env.add_visits)."""
+    With visit_counts, the episode's visited tiles are counted into it (pokemon_env.add_visits); with
+    saver, states of it are saved as episode number `episode`."""
     next_obs, _ = env.reset(seed=seed)
     if recorder is not None:
         recorder.add(screen_rgb(env))
+    if saver is not None:
+        saver.start(env, episode)
     action_counts = dict.fromkeys(pokemon_env.ACTIONS, 0)
     episode_return, episode_length = 0.0, 0
     while True:
@@ -356,6 +408,8 @@ def play_episode(env, agent, seed: int, greedy: bool, device, recorder: Optional
         episode_length += 1
         if recorder is not None:
             recorder.add(screen_rgb(env))
+        if saver is not None:
+            saver.after_step(env)
         if terminated or truncated:
             break
     result = {"episode_return": episode_return, "episode_length": episode_length}
@@ -469,11 +523,14 @@ def main(argv=None):
 
     results, interrupted, start = [], False, time.time()
     visit_counts = {} if args.world_map is not None else None
+    saver = None if args.save_states is None else StateSaver(
+        args.save_states, args.save_every, pokemon_env.load_world(rom_path), args.episodes)
     try:
         for episode in range(args.episodes):
             seed = args.seed + episode
             result = {"episode": episode + 1, "seed": seed}
-            result.update(play_episode(env, agent, seed, args.greedy, device, recorder, visit_counts))
+            result.update(play_episode(env, agent, seed, args.greedy, device, recorder, visit_counts,
+                                       saver, episode + 1))
             results.append(result)
             print(episode_line(episode + 1, args.episodes, result), flush=True)
     except KeyboardInterrupt:
@@ -496,6 +553,8 @@ def main(argv=None):
         image = pokemon_env.render_world_map(visit_counts, len(results), pokemon_env.load_world(rom_path))
         cv2.imwrite(args.world_map, image[..., ::-1])  # RGB to OpenCV's BGR
         print(f"world map: {args.world_map}")
+    if saver is not None:
+        print(f"saved states: {len(saver.paths)} in {args.save_states} (use it as --init-state)")
     if args.json is not None:
         write_json(args.json, {
             "checkpoint": checkpoint_path,
@@ -515,6 +574,7 @@ def main(argv=None):
             "summary": summary,
             "recording": None if recorder is None else
             {"path": args.record, "fps": recorder.fps, "frames": recorder.frames},
+            "saved_states": None if saver is None else saver.paths,
         })
         print(f"results: {args.json}")
     if interrupted:

@@ -235,8 +235,8 @@ class EnvSettings:
 
     rom_path: str = "roms/pokemon_red.gb"
     """the Game Boy ROM; roms/standin.gb is our own stand-in cartridge for a no-ROM demo"""
-    init_state: Optional[str] = None
-    """a PyBoy save state to start every episode from; None: boot the ROM and play the intro"""
+    init_state: Optional[list[str]] = None
+    """PyBoy save states or folders of *.state files, one drawn each reset; None: boot and play the intro"""
     frame_skip: int = 24
     """emulator frames per action"""
     max_steps: int = 4096
@@ -266,8 +266,37 @@ class EnvSettings:
     blackout_penalty: float = 0.08
     """penalty for each blackout (party wiped out)"""
 
+    def __post_init__(self):
+        # One path, as checkpoints recorded it before start states could be many, or several: str paths.
+        if isinstance(self.init_state, (str, os.PathLike)):
+            self.init_state = [self.init_state]
+        if self.init_state is not None:
+            self.init_state = [os.fspath(path) for path in self.init_state]
+
+    def start_state_files(self) -> Optional[list[str]]:
+        """init_state with each folder replaced by its *.state files in name order; None: boot.
+
+        Raises StateError, in one line naming the path, for a path that is missing or a folder without states.
+        """
+        if self.init_state is None:
+            return None
+        files = []
+        for path in map(Path, self.init_state):
+            if path.is_dir():
+                states = sorted(str(state) for state in path.glob("*.state") if state.is_file())
+                if not states:
+                    raise StateError(f"init_state folder {path} holds no *.state files")
+                files += states
+            elif path.is_file():
+                files.append(str(path))
+            else:
+                raise StateError(f"init_state {path} does not exist")
+        return files
+
     def problem(self) -> Optional[str]:
         """Why these settings cannot work, in one line naming the flag, or None."""
+        if self.init_state == []:
+            return "--init-state needs a state file or folder (leave it out to boot the ROM)"
         minimums = dict(frame_skip=2, max_steps=1, obs_height=1, obs_width=1, frame_stack=1)
         for name, minimum in minimums.items():
             if getattr(self, name) < minimum:
@@ -334,27 +363,37 @@ class PokemonRedEnv(gymnasium.Env):
         )
         self.pyboy.set_emulation_speed(1 if render_mode == "human" else 0)
         try:
-            if s.init_state is not None:
-                self.start_state = self._load_init_state(s.init_state)
+            files = s.start_state_files()  # every file is checked now, not when a reset first draws it
+            if files is not None:
+                self.start_states = [self._load_init_state(path) for path in files]
             else:
                 if self.rom_sha1 not in _booted_start_states:
                     drive_intro(self.pyboy, intro_frame_budget)
                     _booted_start_states[self.rom_sha1] = self._save_state()
-                self.start_state = _booted_start_states[self.rom_sha1]
+                self.start_states = [_booted_start_states[self.rom_sha1]]
         except Exception:
             self.pyboy.stop(save=False)
             raise
+        self.start_index = 0  # which of start_states the episode started from
 
     # ----- Gymnasium API -----
 
-    def reset(self, *, seed=None, options=None):
-        """Restore the start state, then wait 1 to 16 idle frames drawn from the env's RNG.
+    @property
+    def start_state(self) -> bytes:
+        """The PyBoy state this episode started from (before the first reset: the first start state)."""
+        return self.start_states[self.start_index]
 
-        The same seed gives the same wait, hence the same episode for the same actions. Pokemon Red
-        advances its random numbers every frame, so different waits mean different encounters and
-        parallel envs out of lockstep. seed=None continues the env's RNG.
+    def reset(self, *, seed=None, options=None):
+        """Restore a start state, then wait 1 to 16 idle frames, both drawn from the env's RNG.
+
+        The same seed gives the same start state and wait, hence the same episode for the same actions.
+        Pokemon Red advances its random numbers every frame, so different waits mean different encounters
+        and parallel envs out of lockstep. seed=None continues the env's RNG.
         """
         super().reset(seed=seed)
+        # Drawn only from several: with one start state the RNG, and so every episode, is as before.
+        if len(self.start_states) > 1:
+            self.start_index = int(self.np_random.integers(len(self.start_states)))
         self.pyboy.load_state(io.BytesIO(self.start_state))
         self.pyboy.tick(1 + int(self.np_random.integers(MAX_IDLE_FRAMES)), True)
         newest = self.frames[-self.channels :]
@@ -417,11 +456,8 @@ class PokemonRedEnv(gymnasium.Env):
         self.pyboy.save_state(buffer)
         return buffer.getvalue()
 
-    def _load_init_state(self, init_state) -> bytes:
-        path = Path(init_state)
-        if not path.is_file():
-            raise StateError(f"init_state {path} does not exist")
-        data = path.read_bytes()
+    def _load_init_state(self, path) -> bytes:
+        data = Path(path).read_bytes()
         reader = io.BytesIO(data)
         try:
             self.pyboy.load_state(reader)
@@ -598,6 +634,7 @@ class PokemonRedEnv(gymnasium.Env):
             "pokedex_seen": sum(byte.bit_count() for byte in self.dex_raw[POKEDEX_BYTES:]),
             "pokedex_owned": sum(byte.bit_count() for byte in self.dex_raw[:POKEDEX_BYTES]),
             "blackouts": self.blackouts,
+            "start_state": self.start_index,  # the index into init_state's files (0 when booted)
         }
         info.update({f"reward_{term}": total for term, total in self.reward_totals.items()})
         info["visited_tiles"] = visited  # map_id << 16 | y << 8 | x, for the exploration heatmap

@@ -317,8 +317,10 @@ def check_args(args: Args, physical_cores: int, world_size: int = 1) -> Optional
     if not os.path.isfile(args.env.rom_path):
         return (f"ROM not found: {args.env.rom_path}: put your own legally obtained Pokemon Red there "
                 f"(SHA-1 {pokemon_env.RED_SHA1}), or try --rom-path roms/standin.gb")
-    if args.env.init_state is not None and not os.path.isfile(args.env.init_state):
-        return f"init state not found: {args.env.init_state}"
+    try:
+        args.env.start_state_files()
+    except pokemon_env.StateError as e:
+        return str(e)
     return None
 
 
@@ -528,9 +530,14 @@ def evaluate(agent, env, episodes, seed: int, device, stop: StopRequest) -> list
                 action, _, _, _ = agent.get_action_and_value(torch.as_tensor(next_obs, device=device)[None])
             next_obs, _, terminated, truncated, info = env.step(action.item())
             if terminated or truncated:
-                results.append({key: float(value) for key, value in info.items() if np.ndim(value) == 0})
+                results.append(episode_scalars(info))
                 break
     return results
+
+
+def episode_scalars(info: dict) -> dict:
+    """An episode info's statistics: its scalars, except the start state's index."""
+    return {key: float(value) for key, value in info.items() if np.ndim(value) == 0 and key != "start_state"}
 
 
 # TensorBoard names for the episode stats that the original design logs under its own names.
@@ -589,6 +596,7 @@ if __name__ == "__main__":
         args = tyro.cli(Args, default=args_from_flat({**checkpoint["args"], "resume": args.resume,
                                                       "run_name": args.run_name}))
     fail_on_any_rank(check_args(args, cores, world_size))
+    args.env.init_state = args.env.start_state_files()  # folders as their files: the run keeps its states
     saved_args = flat_args(args)  # as given, before the derived sizes below
     if args.num_steps is None:
         args.num_steps = args.batch_size // args.num_envs
@@ -679,6 +687,9 @@ if __name__ == "__main__":
         if checkpoint is None:
             rows = "".join(f"\n| {name} | {value} |" for name, value in saved_args.items())
             writer.add_text("hyperparameters", "| argument | value |\n|---|---|" + rows)
+            if args.env.init_state:  # the files behind the indices of episode/return_by_start_state
+                rows = "".join(f"\n| {index} | {path} |" for index, path in enumerate(args.env.init_state))
+                writer.add_text("start_states", "| index | file |\n|---|---|" + rows)
         workers = f", {num_workers} worker{'s' if num_workers > 1 else ''}" if num_workers else ""
         workers += f" in {len(env_groups)} groups" if len(env_groups) > 1 else ""
         ranks = f" on each of {world_size} ranks" if world_size > 1 else ""
@@ -881,11 +892,17 @@ if __name__ == "__main__":
                 writer.add_scalar("perf/update_samples_per_second",
                                   len(valid_inds) * world_size * args.update_epochs / update_seconds, global_step)
                 if episode_infos:
-                    scalars = [{k: v for k, v in info.items() if np.ndim(v) == 0} for info in episode_infos]
-                    log_episode_stats(writer, "episode", scalars, global_step)
+                    log_episode_stats(writer, "episode", [episode_scalars(info) for info in episode_infos],
+                                      global_step)
                     writer.add_scalar("episode/count", len(episode_infos), global_step)
                     writer.add_scalar("episode/max_badges", max(info.get("badges", 0) for info in episode_infos),
                                       global_step)
+                if len(args.env.init_state or ()) > 1:  # which saves are hard (with one: mean_reward again)
+                    by_start_state = defaultdict(list)
+                    for info in episode_infos:
+                        by_start_state[int(info["start_state"])].append(float(info["episode_return"]))
+                    for index, returns in sorted(by_start_state.items()):
+                        writer.add_scalar(f"episode/return_by_start_state/{index}", np.mean(returns), global_step)
                 if heatmap_episodes and (iteration % args.heatmap_interval == 0 or iteration == num_iterations):
                     image = pokemon_env.render_heatmap(visit_counts, heatmap_episodes, world)
                     writer.add_image("episode/exploration_heatmap", image, global_step, dataformats="HWC")

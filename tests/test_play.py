@@ -5,6 +5,7 @@ together (as many at a time as there are cores) and the tests read their results
 call main() in this process (the same code path, without a fresh interpreter each); one runs as a
 subprocess to check the exit status and a clean stderr.
 """
+import io
 import json
 import os
 import shutil
@@ -40,12 +41,12 @@ EPISODES, MAX_STEPS = 2, 12
 DOCUMENTED_KEYS = {
     "checkpoint", "run_name", "update", "global_step", "rom_path", "rom_sha1", "trained_rom_sha1",
     "env_kwargs", "greedy", "seed", "episodes_requested", "interrupted", "seconds", "episodes",
-    "summary", "recording",
+    "summary", "recording", "saved_states",
 }  # fmt: skip
 EPISODE_KEYS = {
     "episode", "seed", "episode_return", "episode_length", "badges", "unique_tiles", "maps_visited",
     "event_flags", "level_sum", "pokedex_seen", "pokedex_owned", "blackouts", "reward_explore",
-    "reward_badge", "action_counts",
+    "reward_badge", "start_state", "action_counts",
 }  # fmt: skip
 TABLE_METRICS = ["return", "length", "badges", "unique tiles", "maps visited", "event flags", "level sum"]
 
@@ -352,7 +353,7 @@ def test_init_state_overrides(bad_inputs, start_state_file, monkeypatch, capsys)
     status = main_in_process(["--checkpoint", bad / "gone_state.pt"], monkeypatch, cwd)
     assert status == 2
     assert capsys.readouterr().err.strip() == (
-        "play_pokemon.py: error: init state not found: states/gone.state (the checkpoint's; give "
+        "play_pokemon.py: error: init_state states/gone.state does not exist (the checkpoint's; give "
         "--init-state PATH, or --init-state boot to start from power-on)"
     )
     for init_state in (start_state_file, "boot"):
@@ -361,7 +362,7 @@ def test_init_state_overrides(bad_inputs, start_state_file, monkeypatch, capsys)
         assert main_in_process(argv, monkeypatch, cwd) == 0
         assert "episode 1/1: " in capsys.readouterr().out
         played_from = json.loads((bad / "state.json").read_text())["env_kwargs"]["init_state"]
-        assert played_from == (None if init_state == "boot" else str(init_state))
+        assert played_from == (None if init_state == "boot" else [str(init_state)])
 
 
 def test_refusal_from_the_command_line(bad_inputs):
@@ -411,6 +412,13 @@ def test_unknown_rom_warns_in_one_line(bad_inputs, monkeypatch, capsys):
     ("world_map_unwritable", ["--world-map", "{bad}/notes.txt/map.png"], "trained",
      "cannot write --world-map"),
     ("negative_speed", ["--render", "--speed", "-1"], "trained", "--speed must be 0 (unlimited) or more"),
+    ("save_states_unwritable", ["--save-states", "{bad}/notes.txt/states"], "trained",
+     "cannot write --save-states"),
+    ("save_states_beside_rom", ["--save-states", "roms"], "trained", "--save-states roms is the ROM's"),
+    ("save_every_alone", ["--save-every", "10"], "trained", "--save-every goes with --save-states DIR"),
+    ("save_every_negative", ["--save-states", "states", "--save-every", "-1"], "trained",
+     "--save-every must be 0 (only on a new map or badge count) or more"),
+    ("init_state_empty_folder", ["--init-state", "{bad}/empty"], "trained", "holds no *.state files"),
 ])  # fmt: skip
 def test_refuses_in_one_line(bad_inputs, monkeypatch, capsys, case, argv, where, message):
     """In this process, through main(): the same code path as the command line, at a fraction of the cost."""
@@ -421,3 +429,89 @@ def test_refuses_in_one_line(bad_inputs, monkeypatch, capsys, case, argv, where,
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("play_pokemon.py: error: "), lines
     assert message in lines[0] and "episode 1/" not in captured.out  # refused before playing
+
+
+# ----- start states: save them while playing, train from them, play from them -----
+
+
+@pytest.fixture(scope="module")
+def walks_upstairs(trained, tmp_path_factory):
+    """A state below the bedroom's stairs, and the trained checkpoint made to press Up always."""
+    _, checkpoint = trained
+    folder = tmp_path_factory.mktemp("walks_upstairs")
+    env = pokemon_env.PokemonRedEnv(rom_path=STANDIN_ROM)
+    env.reset(seed=0)
+    for button in ["right"] * 3 + ["up"] * 4:  # bedroom (3, 6) -> (6, 6) -> (6, 2), below the stairs
+        env.step(pokemon_env.ACTIONS.index(button))
+    env.save_state(folder / "below_stairs.state")
+    env.close()
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["model"]["actor.weight"].zero_()
+    saved["model"]["actor.bias"][:] = torch.eye(8)[pokemon_env.ACTIONS.index("up")] * 100  # up, p = 1 - 1e-43
+    torch.save(saved, folder / "always_up.pt")
+    return folder / "below_stairs.state", folder / "always_up.pt"
+
+
+def test_save_states_then_train_and_play_from_them(trained, walks_upstairs, tmp_path, monkeypatch, capsys):
+    """The workflow: play, saving states (on a new map, every N steps); train from that folder; play it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cwd, _ = trained
+    below_stairs, always_up = walks_upstairs
+    states = tmp_path / "states"
+    argv = ["--checkpoint", always_up, "--init-state", below_stairs, "--episodes", "2", "--max-steps", "6",
+            "--save-states", states, "--save-every", "4", "--json", tmp_path / "saved.json"]
+    assert main_in_process(argv, monkeypatch, cwd) == 0
+    assert f"saved states: {len(list(states.iterdir()))} in {states}" in capsys.readouterr().out
+    names = sorted(path.name for path in states.iterdir())
+    assert names == [f"ep0{episode}_step00000{step}_REDS_HOUSE_1F_badges0.state"
+                     for episode in (1, 2) for step in (1, 4)]  # downstairs, a new map; every 4 steps
+    report = json.loads((tmp_path / "saved.json").read_text())
+    assert sorted(report["saved_states"]) == [str(states / name) for name in names]
+    env = pokemon_env.PokemonRedEnv(rom_path=STANDIN_ROM, init_state=states)  # the folder is a valid init_state
+    for state in env.start_states:
+        env.pyboy.load_state(io.BytesIO(state))
+        assert env.pyboy.memory[pokemon_env.MAP_ID] == 0x25  # REDS_HOUSE_1F, as the names say
+    env.close()
+
+    # Train from the folder: 2 envs, 3-step episodes, 4 episodes each.
+    (tmp_path / "train").mkdir()
+    command = [sys.executable, TRAINER, *TINY_TRAINING, "--rom-path", str(STANDIN_ROM),
+               "--init-state", str(states), "--num-envs", "2", "--total-timesteps", "32", "--max-steps", "3"]
+    result = subprocess.run(command, cwd=tmp_path / "train", capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (trained_here,) = (tmp_path / "train" / "checkpoints").glob("*/*.pt")
+    saved = torch.load(trained_here, weights_only=True)
+    files = [str(states / name) for name in names]
+    assert saved["env_kwargs"]["init_state"] == files and saved["args"]["init_state"] == files
+    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    by_start = [tag for tag in accumulator.Tags()["scalars"] if "episode/return_by_start_state/" in tag]
+    assert by_start and all(0 <= int(tag.rsplit("/", 1)[1]) < len(files) for tag in by_start), by_start
+    returns = [accumulator.Scalars(tag)[0].value for tag in by_start]
+    assert min(returns) <= accumulator.Scalars("episode/mean_reward")[0].value <= max(returns)
+    table = accumulator.Tensors("start_states/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert all(f"| {index} | {path} |" in table for index, path in enumerate(files))
+
+    # Play the new checkpoint: its start states come with it.
+    argv = ["--checkpoint", trained_here, "--episodes", "4", "--max-steps", "1",
+            "--json", tmp_path / "played.json"]
+    assert main_in_process(argv, monkeypatch, tmp_path / "train") == 0
+    report = json.loads((tmp_path / "played.json").read_text())
+    assert report["env_kwargs"]["init_state"] == files
+    assert all(0 <= episode["start_state"] < len(files) for episode in report["episodes"])
+
+
+def test_old_checkpoint_with_one_init_state_string_plays(bad_inputs, start_state_file, monkeypatch, capsys):
+    """Checkpoints written before many start states record init_state as one path."""
+    cwd, checkpoint, bad = bad_inputs
+    saved = torch.load(checkpoint, weights_only=True)
+    old_style = {**saved, "env_kwargs": {**saved["env_kwargs"], "init_state": str(start_state_file)}}
+    torch.save(old_style, bad / "old_style.pt")
+    argv = ["--checkpoint", bad / "old_style.pt", "--max-steps", "2", "--json", bad / "old_style.json"]
+    assert main_in_process(argv, monkeypatch, cwd) == 0
+    assert "episode 1/1: " in capsys.readouterr().out
+    report = json.loads((bad / "old_style.json").read_text())
+    assert report["env_kwargs"]["init_state"] == [str(start_state_file)]
+    assert report["episodes"][0]["start_state"] == 0

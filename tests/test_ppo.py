@@ -200,16 +200,22 @@ def test_every_env_setting_is_a_trainer_flag_and_recorded():
     """Each field of pokemon_env.EnvSettings is a flag of its own name and lands in the flat args."""
     for field in dataclasses.fields(pokemon_env.EnvSettings):
         flag = "--" + field.name.replace("_", "-")
-        value = {"rom_path": "x.gb", "init_state": "s.state"}.get(field.name)
+        value = {"rom_path": "x.gb", "init_state": ["a.state", "states/"]}.get(field.name)
         if isinstance(field.default, bool):
             argv, value = [("--no-" if field.default else "--") + field.name.replace("_", "-")], not field.default
         else:
             value = value or field.default * 2 + 1
-            argv = [flag, str(value)]
+            argv = [flag, *value] if isinstance(value, list) else [flag, str(value)]
         args = ppo_pokemon.tyro.cli(Args, args=argv)
         assert getattr(args.env, field.name) == value, flag
         assert ppo_pokemon.flat_args(args)[field.name] == value, flag
         assert ppo_pokemon.args_from_flat(ppo_pokemon.flat_args(args)) == args
+
+
+def test_a_checkpoint_with_one_init_state_string_resumes():
+    """Checkpoints from before many start states recorded init_state as one path: now a list of one."""
+    args = ppo_pokemon.args_from_flat({**ppo_pokemon.flat_args(Args()), "init_state": "old.state"})
+    assert ppo_pokemon.tyro.cli(Args, args=[], default=args).env.init_state == ["old.state"]
 
 
 def test_defaults_match_the_design():
@@ -235,6 +241,8 @@ def test_defaults_match_the_design():
         (dict(update_epochs=0), "--update-epochs must be at least 1"),
         (dict(obs_height=20), "at least 36x36"),
         (dict(rom_path="roms/no_such_rom.gb"), "ROM not found"),
+        (dict(init_state=["no_such.state"]), "init_state no_such.state does not exist"),
+        (dict(init_state=[]), "--init-state needs a state file or folder"),
     ],
 )
 def test_impossible_arguments_are_refused(changes, message, any_rom):
