@@ -37,15 +37,16 @@ same total duration; an MP4 holds every one.
     recording     {path, fps, frames} or null
     saved_states  the state files written by --save-states, or null
 
-Exit status: 0 done; 2 refused (bad arguments, no or unusable checkpoint, missing ROM: one line on
-stderr, prefixed "play_pokemon.py: error:"); 130 stopped by Ctrl-C (finished episodes are still
-reported, written to --json, and the recording so far is saved).
+Exit status: 0 done; 2 refused (bad arguments, no or unusable checkpoint, missing ROM, an output
+that cannot be written: one line on stderr, prefixed "play_pokemon.py: error:"); 130 stopped by
+Ctrl-C, 143 by SIGTERM (finished episodes are still reported, written to --json, and the recording
+so far is saved).
 """
 import dataclasses
-import glob
 import json
 import os
 import re
+import signal
 import struct
 import sys
 import time
@@ -54,7 +55,7 @@ from dataclasses import dataclass
 from typing import Annotated, Optional, TypeVar
 
 # ppo_pokemon first: it silences dependencies' import-time notices, keeping stderr for our messages.
-from ppo_pokemon import Agent, CheckpointError, load_checkpoint  # isort: skip
+from ppo_pokemon import Agent, CheckpointError, load_checkpoint, newest_checkpoint  # isort: skip
 
 import cv2
 import numpy as np
@@ -151,6 +152,10 @@ def check_args(args: Args) -> Optional[str]:
             return f"--record-fps must be in (0, {max_fps}] for a {extension} (got {args.record_fps})"
     if args.json is not None and os.path.isdir(args.json):
         return f"--json {args.json} is a folder; give a file name"
+    for flag, path in (("--json", args.json), ("--record", args.record)):  # found out now, not after playing
+        problem = cannot_write(path) if path is not None else None
+        if problem:
+            return f"cannot write {flag} {path}: {problem}"
     if args.save_every < 0:
         return f"--save-every must be 0 (only on a new map or badge count) or more (got {args.save_every})"
     if args.save_every and args.save_states is None:
@@ -186,12 +191,11 @@ def find_checkpoint(where: Optional[str]) -> str:
     if where is not None and not os.path.isdir(where):
         return where  # load_checkpoint says if it is missing
     folder = where if where is not None else "checkpoints"
-    pattern = os.path.join(folder, "**", "*.pt")
-    candidates = [path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path)]
-    if not candidates:
+    path = newest_checkpoint(folder)  # the trainer's --resume FOLDER takes the same one
+    if path is None:
         hint = "" if where is not None else " (train one with ppo_pokemon.py, or give --checkpoint PATH)"
         raise PlayError(f"no checkpoint found: no *.pt under {folder}/{hint}")
-    return max(candidates, key=os.path.getmtime)
+    return path
 
 
 def env_settings(checkpoint: dict, args: Args) -> dict:
@@ -533,9 +537,10 @@ def main(argv=None):
                                        saver, episode + 1))
             results.append(result)
             print(episode_line(episode + 1, args.episodes, result), flush=True)
-    except KeyboardInterrupt:
-        interrupted = True
-        print(f"\nCtrl-C: stopped after {len(results)} of {args.episodes} episodes", flush=True)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (see below)
+        interrupted = stop.args[0] if stop.args else signal.SIGINT
+        name = "Ctrl-C" if interrupted == signal.SIGINT else signal.Signals(interrupted).name
+        print(f"\n{name}: stopped after {len(results)} of {args.episodes} episodes", flush=True)
     finally:
         env.close()
         if recorder is not None:
@@ -568,7 +573,7 @@ def main(argv=None):
             "greedy": args.greedy,
             "seed": args.seed,
             "episodes_requested": args.episodes,
-            "interrupted": interrupted,
+            "interrupted": bool(interrupted),
             "seconds": round(seconds, 3),
             "episodes": results,
             "summary": summary,
@@ -578,8 +583,14 @@ def main(argv=None):
         })
         print(f"results: {args.json}")
     if interrupted:
-        sys.exit(130)
+        sys.exit(128 + interrupted)
+
+
+def interrupt(signum, frame):
+    """SIGTERM (from `timeout`, `docker stop`, a batch scheduler) is handled as Ctrl-C."""
+    raise KeyboardInterrupt(signum)
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, interrupt)
     main()

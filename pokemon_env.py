@@ -833,14 +833,18 @@ def make_env(**env_kwargs):
     return pufferlib.emulation.GymnasiumPufferEnv(env=env) if pufferlib is not None else env
 
 
-def make_vector_env(env_kwargs: dict, num_envs: int, backend: str, num_workers: int | None = None):
+def make_vector_env(env_kwargs: dict, num_envs: int, backend: str, num_workers: int | None = None,
+                    first_env: int = 0):
     """`num_envs` envs stepped together, with PufferLib's vector API (reset, send, recv, step, close).
 
     backend "serial" steps them in this process: PufferLib's Serial, or our `Serial` where PufferLib is
     not installed; "multiprocessing" is our `Multiprocessing` (its workers sleep while they wait).
-    Both go through `pufferlib.vector.make` where PufferLib is installed.
+    Both go through `pufferlib.vector.make` where PufferLib is installed. `first_env`: the index of the
+    first env among the caller's, for error messages.
     """
-    vector_backend = Multiprocessing if backend == "multiprocessing" else Serial
+    vector_backend = Serial
+    if backend == "multiprocessing":
+        vector_backend = functools.partial(Multiprocessing, first_env=first_env)
     worker_kwargs = {"num_workers": num_workers} if backend == "multiprocessing" else {}
     if pufferlib is not None:
         if backend == "serial":
@@ -966,17 +970,17 @@ class Multiprocessing:
     """
 
     def __init__(self, env_creators, env_args, env_kwargs, num_envs, num_workers=None, batch_size=None,
-                 start_method=None, **unused):
+                 start_method=None, first_env=0, **unused):
         num_workers = num_workers or num_envs
         if num_envs % num_workers or batch_size not in (None, num_envs):
             raise ValueError("pokemon_env.Multiprocessing steps all envs together: num_envs must be a "
                              "multiple of num_workers, and batch_size num_envs")
         # One env here first: the spaces, and a start state that the workers then need not boot.
-        first_env = env_creators[0](*env_args[0], **env_kwargs[0])
-        self.single_observation_space = first_env.observation_space
-        self.single_action_space = first_env.action_space
-        first_env.close()
-        self.num_envs, self.envs_per_worker = num_envs, num_envs // num_workers
+        driver_env = env_creators[0](*env_args[0], **env_kwargs[0])
+        self.single_observation_space = driver_env.observation_space
+        self.single_action_space = driver_env.action_space
+        driver_env.close()
+        self.num_envs, self.envs_per_worker, self.first_env = num_envs, num_envs // num_workers, first_env
         context = multiprocessing.get_context(start_method)
         # Shared memory goes to the workers as RawArrays: a spawned worker would get numpy arrays as copies.
         memory = context.RawArray("b", VectorBuffers.layout(num_envs, self.single_observation_space)[1])
@@ -1057,8 +1061,9 @@ class Multiprocessing:
         return infos
 
     def _name(self, worker: int) -> str:
-        first, last = worker * self.envs_per_worker, (worker + 1) * self.envs_per_worker - 1
-        return f"env worker {worker} (pid {self.processes[worker].pid}, envs {first}-{last})"
+        first = self.first_env + worker * self.envs_per_worker
+        number, last = first // self.envs_per_worker, first + self.envs_per_worker - 1
+        return f"env worker {number} (pid {self.processes[worker].pid}, envs {first}-{last})"
 
 
 def _worker(worker, env_creators, env_args, env_kwargs, start_states, memory, num_envs, observation_space,

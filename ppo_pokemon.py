@@ -312,8 +312,6 @@ def check_args(args: Args, physical_cores: int, world_size: int = 1) -> Optional
             return f"--num-workers ({num_workers}) exceeds the {physical_cores} physical cores"
     if args.run_name is not None and (not args.run_name.strip() or os.sep in args.run_name or args.run_name in ".."):
         return f"--run-name must be a plain folder name (got {args.run_name!r})"
-    if args.resume == "auto" and args.run_name is None:
-        return "--resume auto continues the run named by --run-name: give --run-name NAME too"
     if not os.path.isfile(args.env.rom_path):
         return (f"ROM not found: {args.env.rom_path}: put your own legally obtained Pokemon Red there "
                 f"(SHA-1 {pokemon_env.RED_SHA1}), or try --rom-path roms/standin.gb")
@@ -476,6 +474,8 @@ def checkpoint_to_resume(args: Args) -> Optional[str]:
     """The file --resume means: itself; a folder's newest checkpoint; with auto, the newest of
     checkpoints/<run_name>/ or None (a new run). Raises CheckpointError."""
     if args.resume == "auto":
+        if args.run_name is None:
+            raise CheckpointError("--resume auto continues the run named by --run-name: give --run-name NAME too")
         return newest_checkpoint(os.path.join("checkpoints", args.run_name))
     if os.path.isdir(args.resume):
         path = newest_checkpoint(args.resume)
@@ -581,16 +581,16 @@ if __name__ == "__main__":
         dist.init_process_group("gloo")  # the small messages, and the gradients unless all ranks have GPUs
     cores = max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1) // local_world_size)
 
-    checkpoint, problem = None, None
+    checkpoint, resume_path, problem = None, None, None
     if args.resume and rank == 0:
         # Departure from CleanRL, which cannot resume: the run's settings come from the checkpoint;
         # flags given again (say --total-timesteps) override them. Rank 0 reads it for every rank.
         try:
-            path = checkpoint_to_resume(args)
-            checkpoint = load_checkpoint(path) if path is not None else None
+            resume_path = checkpoint_to_resume(args)
+            checkpoint = load_checkpoint(resume_path) if resume_path is not None else None
         except CheckpointError as e:
             problem = str(e)
-    checkpoint, problem = broadcast((checkpoint, problem))
+    checkpoint, resume_path, problem = broadcast((checkpoint, resume_path, problem))
     fail_on_any_rank(problem)
     if checkpoint is not None:
         args = tyro.cli(Args, default=args_from_flat({**checkpoint["args"], "resume": args.resume,
@@ -646,7 +646,7 @@ if __name__ == "__main__":
     try:
         for workers in group_workers:
             group_envs = local_num_envs * (workers or 1) // (num_workers or 1)
-            envs = pokemon_env.make_vector_env(env_kwargs, group_envs, backend, workers)
+            envs = pokemon_env.make_vector_env(env_kwargs, group_envs, backend, workers, first_env)
             env_groups.append((envs, slice(first_env, first_env + group_envs)))
             first_env += group_envs
     except (OSError, ValueError, RuntimeError) as e:  # a bad ROM or state, or a worker that failed to start
@@ -699,7 +699,7 @@ if __name__ == "__main__":
               f"{args.batch_size:,} steps = {num_iterations * args.batch_size:,} steps{rounded}, {device}, "
               f"{sum(p.numel() for p in agent.parameters()):,} parameters", flush=True)
 
-    last_checkpoint = None
+    last_checkpoint = resume_path
 
     def write_checkpoint(update: int, step: int) -> str:
         path = os.path.join(checkpoint_dir, f"checkpoint_update{update:06d}.pt")
@@ -851,10 +851,7 @@ if __name__ == "__main__":
                     if all_reduce_mean(torch.stack(update_stats[-num_minibatches:])[:, 4].mean()).item() > args.target_kl:
                         break
 
-            y_pred, y_true = b_values[valid_inds].cpu().numpy(), b_returns[valid_inds].cpu().numpy()
-            var_y = np.var(y_true)
-            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-            # Means over this update's minibatches, then over ranks
+            # Means over this update's minibatches (then over ranks, below)
             losses = torch.stack(update_stats).mean(0).cpu() if update_stats else torch.full((6,), float("nan"))
             if update_stats and not (losses.isfinite().all() and all(p.isfinite().all() for p in agent.parameters())):
                 names = ["policy loss", "value loss", "entropy", "old approx KL", "approx KL", "clip fraction"]
@@ -862,6 +859,9 @@ if __name__ == "__main__":
                 raise RunStopped(f"update {iteration}: {', '.join(bad)} not finite; stopped without saving it")
             weights_whole = True
             last_update, last_update_step = iteration, global_step
+            y_pred, y_true = b_values[valid_inds].cpu().numpy(), b_returns[valid_inds].cpu().numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
             update_seconds = time.perf_counter() - update_start
             pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac, explained_var = all_reduce_mean(
                 torch.cat([losses, torch.tensor([explained_var])])).tolist()
@@ -965,7 +965,7 @@ if __name__ == "__main__":
         if sys.stdout.isatty():
             print()
     resume = f"; continue with: python ppo_pokemon.py --resume {last_checkpoint}" if last_checkpoint else ""
-    saved = f"checkpoint {last_checkpoint}" if last_checkpoint else "no update finished, nothing saved"
+    saved = f"last checkpoint {last_checkpoint}" if last_checkpoint else "no update finished, nothing saved"
     if stopped is not None:
         status = 128 + stop.signal if stop.requested else 1
         if stop.requested and rank == 0:

@@ -1,5 +1,6 @@
 """Unit tests of the trainer's maths and pieces: GAE, the PPO loss, the agent, arguments, checkpoints."""
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -241,6 +242,18 @@ def test_defaults_match_the_design():
         (dict(update_epochs=0), "--update-epochs must be at least 1"),
         (dict(obs_height=20), "at least 36x36"),
         (dict(rom_path="roms/no_such_rom.gb"), "ROM not found"),
+        (dict(learning_rate=float("nan")), "--learning-rate must be a finite number"),
+        (dict(learning_rate=float("inf")), "--learning-rate must be a finite number"),
+        (dict(gamma=float("nan")), "--gamma must be a finite number"),
+        (dict(target_kl=float("inf")), "--target-kl must be a finite number"),
+        (dict(learning_rate=0.0), "--learning-rate must be positive"),
+        (dict(target_kl=-0.1), "--target-kl must be positive"),
+        (dict(ent_coef=-1.0), "--ent-coef must be 0 or more"),
+        (dict(vf_coef=-0.5), "--vf-coef must be 0 or more"),
+        (dict(badge_reward=float("nan")), "--badge-reward must be a finite number >= 0"),
+        (dict(blackout_penalty=-1.0), "--blackout-penalty must be a finite number >= 0"),
+        (dict(frame_skip=1), "--frame-skip must be at least 2"),
+        (dict(run_name="a/b"), "--run-name must be a plain folder name"),
         (dict(init_state=["no_such.state"]), "init_state no_such.state does not exist"),
         (dict(init_state=[]), "--init-state needs a state file or folder"),
     ],
@@ -281,3 +294,23 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
         with pytest.raises(ppo_pokemon.CheckpointError, match=reason) as error:
             ppo_pokemon.load_checkpoint(str(tmp_path / name))
         assert "\n" not in str(error.value)
+
+
+def test_resume_takes_a_file_a_folders_newest_or_auto(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ppo_pokemon.CheckpointError, match="give --run-name NAME too"):
+        ppo_pokemon.checkpoint_to_resume(Args(resume="auto"))
+    assert ppo_pokemon.checkpoint_to_resume(Args(resume="auto", run_name="new")) is None  # a new run
+    folder = tmp_path / "checkpoints" / "new"
+    folder.mkdir(parents=True)
+    with pytest.raises(ppo_pokemon.CheckpointError, match="no checkpoint"):
+        ppo_pokemon.checkpoint_to_resume(Args(resume=str(folder)))
+    for update in (1, 2):
+        (folder / f"checkpoint_update00000{update}.pt").write_bytes(b"")
+        os.utime(folder / f"checkpoint_update00000{update}.pt", (update, update))
+    (folder / "checkpoint_update000003.pt.tmp123").write_bytes(b"")  # a save in progress is no checkpoint
+    newest = str(folder / "checkpoint_update000002.pt")
+    assert ppo_pokemon.checkpoint_to_resume(Args(resume=str(folder))) == newest
+    assert ppo_pokemon.checkpoint_to_resume(Args(resume="auto", run_name="new")) == "checkpoints/new/" + (
+        "checkpoint_update000002.pt")
+    assert ppo_pokemon.checkpoint_to_resume(Args(resume="x.pt")) == "x.pt"
