@@ -284,8 +284,9 @@ def test_gif_holds_exactly_the_screens(standin_env, tmp_path):
         assert np.array_equal(got, want), f"screen {number} differs"
 
 
-def test_ctrl_c_keeps_what_was_played(trained, tmp_path):
-    """Ctrl-C: exit 130, the finished episodes reported and written, the recording so far readable."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_keep_what_was_played(trained, tmp_path, signum):
+    """Ctrl-C (or SIGTERM): exit 130 (143), the finished episodes reported and written, the recording so far."""
     cwd, checkpoint = trained
     command = [sys.executable, PLAYER, "--checkpoint", str(checkpoint), "--episodes", "1000",
                "--max-steps", "20", "--json", str(tmp_path / "stopped.json"),
@@ -294,13 +295,14 @@ def test_ctrl_c_keeps_what_was_played(trained, tmp_path):
     try:
         for line in process.stdout:
             if line.startswith("episode 2/1000"):
-                process.send_signal(signal.SIGINT)
+                process.send_signal(signum)
                 break
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130, stdout + stderr
-    assert "Ctrl-C: stopped after" in stdout and "| return " in stdout
+    assert process.returncode == 128 + signum, stdout + stderr
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert f"{name}: stopped after" in stdout and "| return " in stdout
     report = json.loads((tmp_path / "stopped.json").read_text())
     assert report["interrupted"] is True and 2 <= len(report["episodes"]) < 1000
     with Image.open(tmp_path / "stopped.gif") as gif:
@@ -419,6 +421,8 @@ def test_unknown_rom_warns_in_one_line(bad_inputs, monkeypatch, capsys):
     ("save_every_negative", ["--save-states", "states", "--save-every", "-1"], "trained",
      "--save-every must be 0 (only on a new map or badge count) or more"),
     ("init_state_empty_folder", ["--init-state", "{bad}/empty"], "trained", "holds no *.state files"),
+    ("json_unwritable", ["--json", "{bad}/notes.txt/results.json"], "trained", "cannot write --json"),
+    ("record_unwritable", ["--record", "{bad}/notes.txt/agent.gif"], "trained", "cannot write --record"),
 ])  # fmt: skip
 def test_refuses_in_one_line(bad_inputs, monkeypatch, capsys, case, argv, where, message):
     """In this process, through main(): the same code path as the command line, at a fraction of the cost."""
