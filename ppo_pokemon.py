@@ -15,6 +15,7 @@ training (bad arguments, missing ROM, unusable checkpoint or folder: one line on
 by Ctrl-C, 143 by SIGTERM, after saving a checkpoint.
 """
 import dataclasses
+import functools
 import glob
 import hashlib
 import math
@@ -367,9 +368,37 @@ def writable_folder_problem(folder: str) -> Optional[str]:
     return None
 
 
+class RunStopped(Exception):
+    """Ends the run before its last update, with a one-line reason; save=False: do not save on the way out."""
+
+    def __init__(self, message: str, save: bool = True):
+        super().__init__(message)
+        self.save = save
+
+
+def show_run_stopped(kind, error, traceback):
+    """sys.excepthook: a run stopped before training began (a rank lost while starting) in one line."""
+    if issubclass(kind, RunStopped):
+        print(f"ppo_pokemon.py: error: {error}", file=sys.stderr, flush=True)
+    else:
+        sys.__excepthook__(kind, error, traceback)
+
+
 # ----- Data-parallel ranks (torchrun); with one process each helper is the identity -----
 
 
+def collective(function):
+    """A collective operation that raises RunStopped, in one line, when another rank has gone."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except RuntimeError as e:  # gloo: "Connection closed by peer ..."
+            raise RunStopped(f"lost contact with another rank ({str(e).strip().splitlines()[0][:200]})") from None
+    return wrapper
+
+
+@collective
 def all_gather(value) -> list:
     """Every rank's `value`, in rank order."""
     if not dist.is_initialized():
@@ -379,6 +408,7 @@ def all_gather(value) -> list:
     return values
 
 
+@collective
 def broadcast(value):
     """Rank 0's `value`, on every rank."""
     if not dist.is_initialized():
@@ -388,20 +418,13 @@ def broadcast(value):
     return box[0]
 
 
+@collective
 def all_reduce_mean(tensor: torch.Tensor, group=None) -> torch.Tensor:
     """The mean over ranks, in place."""
     if dist.is_initialized():
         dist.all_reduce(tensor, group=group)
         tensor /= dist.get_world_size()
     return tensor
-
-
-class RunStopped(Exception):
-    """Ends the run before its last update, with a one-line reason; save=False: do not save on the way out."""
-
-    def __init__(self, message: str, save: bool = True):
-        super().__init__(message)
-        self.save = save
 
 
 CHECKPOINT_FORMAT = "ppo_pokemon/1"
@@ -573,6 +596,7 @@ def fail_on_any_rank(problem: Optional[str]) -> None:
 if __name__ == "__main__":
     args = tyro.cli(Args)
     warnings.showwarning = show_warning
+    sys.excepthook = show_run_stopped
     # Departure from CleanRL's single process: under torchrun every rank runs its own envs and rollout,
     # and the ranks average their gradients every minibatch, as CleanRL's ppo_atari_multigpu.py does.
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -695,6 +719,7 @@ if __name__ == "__main__":
         ranks = f" on each of {world_size} ranks" if world_size > 1 else ""
         rounded = (f" (--total-timesteps {args.total_timesteps:,} rounded down to whole updates)"
                    if args.total_timesteps % args.batch_size else "")
+        rounded += f", from update {start_iteration - 1} of {resume_path}" if checkpoint is not None else ""
         print(f"run {run_name}: {local_num_envs} envs ({backend}{workers}){ranks}, {num_iterations} updates of "
               f"{args.batch_size:,} steps = {num_iterations * args.batch_size:,} steps{rounded}, {device}, "
               f"{sum(p.numel() for p in agent.parameters()):,} parameters", flush=True)
@@ -944,7 +969,7 @@ if __name__ == "__main__":
                     print(f"{chr(10) if sys.stdout.isatty() else ''}eval after update {iteration}: return "
                           f"{mean['episode_return']:.2f}, badges {mean['badges']:g} ({len(results)} episodes)",
                           flush=True)
-    except (RunStopped, pokemon_env.WorkerError, dist.DistError) as e:
+    except (RunStopped, pokemon_env.WorkerError) as e:
         # A stop asked for, a dead or failing env worker, or a lost rank (a rank that died: torchrun then
         # stops the others with SIGTERM).
         stopped = e
@@ -980,6 +1005,7 @@ if __name__ == "__main__":
             raise RuntimeError(f"the ranks' weights differ: checksums {checksums}")
         if rank == 0:
             print(f"all {world_size} ranks hold the same weights (checksum {checksums[0]:.6f})")
+        dist.barrier()  # nobody leaves while another still talks: gloo aborts on a half-closed group
         dist.destroy_process_group()
     if rank == 0:
         print(f"done: {global_step:,} steps in {format_seconds(time.time() - start_time)}; {saved}")
