@@ -162,7 +162,8 @@ class Agent(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def hidden(self, x):
-        return self.network(x.contiguous(memory_format=torch.channels_last) / 255.0)
+        # float() then an in-place division: the same numbers as x / 255.0 in half its time here
+        return self.network(x.contiguous(memory_format=torch.channels_last).float().div_(255.0))
 
     def get_value(self, x):
         return self.critic(self.hidden(x))
@@ -750,22 +751,21 @@ if __name__ == "__main__":
             raise RunStopped(f"cannot save {path}: {e.strerror or e}", save=False) from None
         return path
 
-    # Rollout storage for this rank's envs. Departure from CleanRL: what the envs return stays on the CPU
-    # until the rollout ends (one copy to a GPU per update, not several per step).
+    # Rollout storage for this rank's envs. Departure from CleanRL: what the envs return is kept in numpy
+    # arrays until the rollout ends (a torch operation costs more than the copy; one copy to a GPU).
     # (num_steps, num_envs, C, H, W), uint8 as the env gives them: the network scales them
     obs = torch.zeros((args.num_steps, local_num_envs) + obs_shape, dtype=torch.uint8, device=device)
     actions = torch.zeros((args.num_steps, local_num_envs), dtype=torch.long, device=device)  # (num_steps, envs)
     logprobs = torch.zeros((args.num_steps, local_num_envs), device=device)  # (num_steps, num_envs)
     values = torch.zeros((args.num_steps, local_num_envs), device=device)  # (num_steps, num_envs)
-    rewards = torch.zeros((args.num_steps, local_num_envs))  # (num_steps, num_envs), CPU
-    terminations = torch.zeros((args.num_steps, local_num_envs))  # (num_steps, num_envs), CPU
-    truncations = torch.zeros((args.num_steps, local_num_envs))  # (num_steps, num_envs), CPU
-    dones = torch.zeros((args.num_steps, local_num_envs))  # (num_steps, num_envs), CPU: 1 = reset step
-    # Observations arrive in the backends' buffers, which the next step overwrites: copied at once, via
-    # pinned memory on CUDA so that the copy to the GPU need not wait.
-    host_obs = torch.zeros((local_num_envs,) + obs_shape, dtype=torch.uint8, pin_memory=device.type == "cuda")
-    next_obs = torch.zeros((local_num_envs,) + obs_shape, dtype=torch.uint8, device=device)
-    next_done = torch.zeros(local_num_envs)  # CPU
+    rewards = np.zeros((args.num_steps, local_num_envs), np.float32)  # (num_steps, num_envs)
+    terminations = np.zeros((args.num_steps, local_num_envs), np.float32)  # (num_steps, num_envs)
+    truncations = np.zeros((args.num_steps, local_num_envs), np.float32)  # (num_steps, num_envs)
+    dones = np.zeros((args.num_steps, local_num_envs), np.float32)  # (num_steps, num_envs): 1 = reset step
+    # Observations arrive in the backends' buffers, which the next step overwrites: copied out at once,
+    # into pinned memory on CUDA so that the copy to the GPU need not wait.
+    next_obs = torch.zeros((local_num_envs,) + obs_shape, dtype=torch.uint8, pin_memory=device.type == "cuda")
+    next_done = np.zeros(local_num_envs, np.float32)
 
     # Training
     start_time = time.time()
@@ -777,9 +777,8 @@ if __name__ == "__main__":
     last_update_step, weights_whole, stopped = global_step, True, None
     try:
         for envs, group in env_groups:  # a resumed run does not replay its episodes; ranks play their own
-            host_obs[group] = torch.from_numpy(envs.reset(seed=args.seed + global_step + rank * local_num_envs
+            next_obs[group] = torch.from_numpy(envs.reset(seed=args.seed + global_step + rank * local_num_envs
                                                           + group.start)[0])
-        next_obs.copy_(host_obs)
 
         for iteration in range(start_iteration, num_iterations + 1):
             # Linear decay, computed from global_step rather than the iteration index so that a resumed
@@ -803,16 +802,15 @@ if __name__ == "__main__":
                         env_start = time.perf_counter()
                         observations, reward, terminated, truncated, infos = envs.recv()[:5]
                         env_seconds += time.perf_counter() - env_start
-                        rewards[step - 1, group] = torch.from_numpy(reward)
-                        terminations[step - 1, group] = torch.from_numpy(terminated)
-                        truncations[step - 1, group] = torch.from_numpy(truncated)
-                        next_done[group] = torch.maximum(terminations[step - 1, group], truncations[step - 1, group])
-                        host_obs[group] = torch.from_numpy(observations)
-                        next_obs[group] = host_obs[group].to(device, non_blocking=True)
+                        rewards[step - 1, group] = reward
+                        terminations[step - 1, group] = terminated
+                        truncations[step - 1, group] = truncated
+                        next_done[group] = terminated | truncated
+                        next_obs[group] = torch.from_numpy(observations)
                         # The backends pass only non-empty infos, without env index: finished episodes.
                         episode_infos += [info for info in infos if "episode_return" in info]
                     if step < args.num_steps:
-                        obs[step, group] = next_obs[group]
+                        obs[step, group].copy_(next_obs[group], non_blocking=True)
                         dones[step, group] = next_done[group]
                         with torch.no_grad():
                             action, logprob, _, value = agent.get_action_and_value(obs[step, group])
@@ -828,11 +826,11 @@ if __name__ == "__main__":
             torch.set_num_threads(learner_threads)
             update_start = time.perf_counter()
             with torch.no_grad():
-                next_value = agent.get_value(next_obs).flatten()
-                advantages, returns = compute_gae(
-                    rewards.to(device), values, terminations.to(device), truncations.to(device), dones.to(device),
-                    next_value, args.gamma, args.gae_lambda,
-                )
+                next_value = agent.get_value(next_obs.to(device)).flatten()
+                rewards_, terminations_, truncations_, dones_ = (
+                    torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations, dones))
+                advantages, returns = compute_gae(rewards_, values, terminations_, truncations_, dones_, next_value,
+                                                  args.gamma, args.gae_lambda)
 
             # One flat batch of num_steps * num_envs samples
             b_obs = obs.reshape((-1,) + obs_shape)
@@ -845,7 +843,7 @@ if __name__ == "__main__":
             # The PPO update. Departure from CleanRL: PufferLib's reset steps are no transitions, so
             # they are left out and the rest is split into near-equal minibatches (as many on every rank);
             # the losses are logged as means over all minibatches, not the last one.
-            valid_inds = torch.nonzero(dones.reshape(-1) == 0).flatten().numpy()
+            valid_inds = np.flatnonzero(dones.reshape(-1) == 0)
             num_minibatches = max(all_gather(max(1, round(len(valid_inds) / local_minibatch_size))))
             update_stats = []  # per minibatch: pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac
             weights_whole = False
