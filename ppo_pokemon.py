@@ -753,8 +753,10 @@ if __name__ == "__main__":
 
     # Rollout storage for this rank's envs. Departure from CleanRL: what the envs return is kept in numpy
     # arrays until the rollout ends (a torch operation costs more than the copy; one copy to a GPU).
-    # (num_steps, num_envs, C, H, W), uint8 as the env gives them: the network scales them
-    obs = torch.zeros((args.num_steps, local_num_envs) + obs_shape, dtype=torch.uint8, device=device)
+    # (num_steps, num_envs, C, H, W), uint8 as the env gives them: the network scales them. Channels last in
+    # memory, the network's layout: minibatches need no conversion (4% of the update's time here).
+    obs = torch.zeros((args.num_steps * local_num_envs,) + obs_shape, dtype=torch.uint8, device=device).to(
+        memory_format=torch.channels_last).view((args.num_steps, local_num_envs) + obs_shape)
     actions = torch.zeros((args.num_steps, local_num_envs), dtype=torch.long, device=device)  # (num_steps, envs)
     logprobs = torch.zeros((args.num_steps, local_num_envs), device=device)  # (num_steps, num_envs)
     values = torch.zeros((args.num_steps, local_num_envs), device=device)  # (num_steps, num_envs)

@@ -60,7 +60,7 @@ def trainer_run(code: str, num_envs: int, updates: int) -> dict:
 
 def load_module(name: str, path: str):
     spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
