@@ -43,3 +43,15 @@ def test_against_emulator_times_every_play_in_every_window(start_state):
                                                        start_state=start_state)
     assert calls == {"a": [4, 4, 4], "b": [4, 4, 4]}
     assert rates == {"a": 8.0, "b": 8.0} and emulator_rate > 0
+
+
+def test_speedup_checks_out_a_commit_and_times_backends_in_turn(tmp_path):
+    import speedup
+
+    folder = speedup.check_out("HEAD")
+    committed = __import__("subprocess").run(["git", "-C", speedup.ROOT, "show", "HEAD:ppo_pokemon.py"],
+                                             capture_output=True, text=True, check=True).stdout
+    assert (Path(folder) / "ppo_pokemon.py").read_text() == committed
+    make = lambda: pokemon_env.make_vector_env({"rom_path": throughput.ROM}, 4, "serial")  # noqa: E731
+    rates = speedup.collection_rates({"old": make(), "new": make()}, windows=2, window_steps=5)
+    assert set(rates) == {"old", "new"} and min(rates.values()) > 0
