@@ -1071,6 +1071,7 @@ def _worker(worker, env_creators, env_args, env_kwargs, start_states, memory, nu
     """One worker process: make its envs, then sleep until woken, step or reset them, signal `finished`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's: it stops the workers
     _booted_start_states.update(start_states)  # a spawned worker does not replay the intro
+    warnings.simplefilter("ignore", UnknownRomWarning)  # the main process has said it once
     commands, statuses = np.frombuffer(shared_control, np.uint8).reshape(2, -1)
     seed = np.frombuffer(shared_seeds, np.int64)[worker : worker + 1]
     buffers = VectorBuffers.over(memory, num_envs, observation_space).rows(rows)

@@ -198,3 +198,37 @@ def test_multiprocessing_backend_delivers_episode_infos(tmp_path):
     assert scalars(accumulator, "episode/count") == [(128, 2.0)]  # both envs' 40-step episodes ended
     assert scalars(accumulator, "episode/mean_length") == [(128, 40.0)]
     assert "episode/exploration_heatmap" in accumulator.Tags()["images"]
+
+
+def test_an_unknown_rom_warns_once_in_one_line(tmp_path):
+    rom = bytearray(STANDIN_ROM.read_bytes())
+    rom[0x134:0x13B] = b"UNKNOWN"  # another title, with the header checksum to match
+    rom[0x14D] = -sum(byte + 1 for byte in rom[0x134:0x14D]) & 0xFF
+    (tmp_path / "unknown.gb").write_bytes(bytes(rom))
+    command = [sys.executable, TRAINER, *TINY, "--rom-path", "unknown.gb", "--total-timesteps", "64",
+               "--vec-backend", "multiprocessing", "--num-workers", "2"]  # workers make envs too
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("ppo_pokemon.py: warning: unknown.gb ('UNKNOWN'") and "not Pokemon Red or Blue" in line
+
+
+def test_the_readmes_first_run_draws_curves_a_person_can_read(tmp_path):
+    """The README's first training command, shortened to 5 updates: an episode point nearly every
+    update, an evaluation and the maps every 4, and the start line says how the total was rounded."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## First run, without the ROM")[1].split("```bash")[1].split("```")[0]
+    command = block.split("\\\n")  # the first command spans two lines
+    first = " ".join(part.split("#")[0].strip() for part in command[:2]).split()
+    assert first[:2] == ["python", "ppo_pokemon.py"]
+    (tmp_path / "roms").mkdir()
+    shutil.copy(STANDIN_ROM, tmp_path / "roms" / "standin.gb")
+    result = subprocess.run([sys.executable, TRAINER, *first[2:], "--total-timesteps", "10240"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 updates of 2,048 steps = 10,240 steps" in result.stdout
+    accumulator = events(tmp_path)
+    # An episode takes 513 rollout steps (the reset step is one), so one update in 512 ends none.
+    assert [step for step, _ in scalars(accumulator, "episode/mean_reward")] == [2048, 6144, 8192, 10240]
+    assert [step for step, _ in scalars(accumulator, "eval/mean_reward")] == [8192]
+    assert [event.step for event in accumulator.Images("episode/world_map")] == [8192, 10240]
