@@ -859,7 +859,20 @@ class WorkerError(RuntimeError):
     """A worker process died, or an env raised inside it; the message is one line."""
 
 
-class Serial:
+class VectorEnv:
+    """What our backends share with PufferLib's: step(), and the seven things recv() returns."""
+
+    def recv(self):
+        """observations, rewards, terminals, truncations, infos, env ids, masks (PufferLib's seven)."""
+        b = self.buffers
+        return b.observations, b.rewards, b.terminals, b.truncations, self.infos, range(self.num_envs), None
+
+    def step(self, actions):
+        self.send(actions)
+        return self.recv()[:5]
+
+
+class Serial(VectorEnv):
     """PufferLib's Serial backend, ours, for platforms without PufferLib; our workers use it too.
 
     The same semantics: reset(seed) seeds env i with seed + i; once an episode ends, the next step
@@ -899,15 +912,6 @@ class Serial:
         self.done[i] = terminated or truncated
         if info:
             self.infos.append(info)
-
-    def recv(self):
-        """PufferLib's seven: observations, rewards, terminals, truncations, infos, env ids, masks."""
-        b = self.buffers
-        return b.observations, b.rewards, b.terminals, b.truncations, self.infos, range(self.num_envs), None
-
-    def step(self, actions):
-        self.send(actions)
-        return self.recv()[:5]
 
     def close(self):
         for env in self.envs:
@@ -957,7 +961,7 @@ STEP, RESET, CLOSE = 0, 1, 2
 STEPPED, STEPPED_WITH_INFOS, FAILED = 0, 1, 2
 
 
-class Multiprocessing:
+class Multiprocessing(VectorEnv):
     """Our multiprocessing backend: worker processes step their share of the envs with `Serial`.
 
     Observations, rewards and actions live in shared memory; episode infos and errors come through a
@@ -1020,14 +1024,8 @@ class Multiprocessing:
         self._wake(STEP)
 
     def recv(self):
-        """PufferLib's seven: observations, rewards, terminals, truncations, infos, env ids, masks."""
         self.infos = self._wait()
-        b = self.buffers
-        return b.observations, b.rewards, b.terminals, b.truncations, self.infos, range(self.num_envs), None
-
-    def step(self, actions):
-        self.send(actions)
-        return self.recv()[:5]
+        return super().recv()
 
     def close(self):
         """Stop the workers: asked first, terminated if they have not exited within a second."""

@@ -11,13 +11,10 @@ processes on loopback time the all-reduce of the trainer's gradients (1.69M floa
 every minibatch costs. Prints a Markdown table and writes the figures as JSON.
 """
 import argparse
-import glob
 import json
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 
@@ -28,7 +25,7 @@ import psutil
 import torch
 import torch.distributed as dist
 import torch.multiprocessing
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from speedup import run_speeds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROM = os.path.join(ROOT, "roms", "standin.gb")
@@ -36,19 +33,10 @@ TRAINER = os.path.join(ROOT, "ppo_pokemon.py")
 
 
 def trainer_run(ranks: int, updates: int) -> dict:
-    workdir = tempfile.mkdtemp(prefix="distributed_")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
     command = [*(launcher if ranks > 1 else [sys.executable]), TRAINER, "--rom-path", ROM,
                "--total-timesteps", str(2048 * updates), "--eval-episodes", "0"]
-    subprocess.run(command, cwd=workdir, check=True, capture_output=True, text=True)
-    events = EventAccumulator(glob.glob(os.path.join(workdir, "runs", "*"))[0])
-    events.Reload()
-    update_ends = events.Scalars("perf/update_seconds")
-    return {
-        "steps_per_second": 2048 * (updates - 1) / (update_ends[-1].wall_time - update_ends[0].wall_time),
-        "rollout_seconds": float(np.median([e.value for e in events.Scalars("perf/rollout_seconds")[1:]])),
-        "update_seconds": float(np.median([e.value for e in update_ends[1:]])),
-    }
+    return run_speeds(command, updates)
 
 
 def time_all_reduce(rank: int, port: int, numel: int, repeats: int, results):

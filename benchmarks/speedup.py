@@ -43,10 +43,15 @@ def check_out(commit: str) -> str:
 
 
 def trainer_run(code: str, num_envs: int, updates: int) -> dict:
-    """One run of `code`/ppo_pokemon.py at its defaults; speeds from its TensorBoard events."""
+    """One run of `code`/ppo_pokemon.py at its defaults."""
+    return run_speeds([sys.executable, os.path.join(code, "ppo_pokemon.py"), "--rom-path", ROM, "--num-envs",
+                       str(num_envs), "--total-timesteps", str(2048 * updates), "--eval-episodes", "0"], updates)
+
+
+def run_speeds(command: list, updates: int) -> dict:
+    """Run a trainer `command` of `updates` updates of 2,048 steps in a fresh folder; its speeds, read from
+    its TensorBoard events: steps/s from the end of its first update to the end of its last (no start-up)."""
     workdir = tempfile.mkdtemp(prefix="speedup_")
-    command = [sys.executable, os.path.join(code, "ppo_pokemon.py"), "--rom-path", ROM, "--num-envs", str(num_envs),
-               "--total-timesteps", str(2048 * updates), "--eval-episodes", "0"]
     subprocess.run(command, cwd=workdir, check=True, capture_output=True, text=True)
     events = EventAccumulator(glob.glob(os.path.join(workdir, "runs", "*"))[0])
     events.Reload()
