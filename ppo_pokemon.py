@@ -777,7 +777,7 @@ if __name__ == "__main__":
     recent_returns = deque(maxlen=20)
     visit_counts, heatmap_episodes, world = {}, 0, pokemon_env.load_world(args.env.rom_path)
     last_update = last_saved = start_iteration - 1
-    last_update_step, weights_whole, stopped = global_step, True, None
+    weights_whole, stopped = True, None
     try:
         for envs, group in env_groups:  # a resumed run does not replay its episodes; ranks play their own
             next_obs[group] = torch.from_numpy(envs.reset(seed=args.seed + global_step + rank * local_num_envs
@@ -821,7 +821,7 @@ if __name__ == "__main__":
                         actions[step, group] = action
                         logprobs[step, group] = logprob
                         envs.send(action.cpu().numpy())
-                global_step += args.num_envs if step < args.num_steps else 0
+            global_step += args.batch_size  # every rank's steps
             rollout_seconds = time.perf_counter() - rollout_start
             episode_infos = [info for infos in all_gather(episode_infos) for info in infos]  # all ranks'
 
@@ -883,8 +883,7 @@ if __name__ == "__main__":
                 names = ["policy loss", "value loss", "entropy", "old approx KL", "approx KL", "clip fraction"]
                 bad = [name for name, value in zip(names, losses.tolist()) if not math.isfinite(value)] or ["weights"]
                 raise RunStopped(f"update {iteration}: {', '.join(bad)} not finite; stopped without saving it")
-            weights_whole = True
-            last_update, last_update_step = iteration, global_step
+            weights_whole, last_update = True, iteration
             y_pred, y_true = b_values[valid_inds].cpu().numpy(), b_returns[valid_inds].cpu().numpy()
             var_y = np.var(y_true)
             explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
@@ -983,7 +982,7 @@ if __name__ == "__main__":
     # Save the last whole update unless it is saved (or the weights in memory are not whole).
     if rank == 0 and last_update > last_saved and weights_whole and getattr(stopped, "save", True):
         try:
-            last_checkpoint = write_checkpoint(last_update, last_update_step)
+            last_checkpoint = write_checkpoint(last_update, global_step)
         except RunStopped as e:
             stopped = stopped or e
     if rank == 0:
@@ -995,7 +994,7 @@ if __name__ == "__main__":
     if stopped is not None:
         status = 128 + stop.signal if stop.requested else 1
         if stop.requested and rank == 0:
-            print(f"stopped at step {last_update_step:,}; {saved}{resume}", flush=True)
+            print(f"stopped at step {global_step:,}; {saved}{resume}", flush=True)
         elif not stop.requested:
             reason = (str(stopped).strip().splitlines() or [type(stopped).__name__])[0]
             fail(f"{'rank %d: ' % rank if world_size > 1 else ''}{reason}; {saved}{resume}", status)
