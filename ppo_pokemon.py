@@ -659,15 +659,17 @@ if __name__ == "__main__":
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     gradient_group = dist.new_group(backend="nccl") if world_size > 1 and all(all_gather(use_cuda)) else None
 
-    # Environments. Departure from CleanRL: with two or more workers the envs form two groups (by worker),
-    # so that the policy chooses one group's actions while the other group's emulators step; with 4 envs
-    # on 2 cores the rollout ran 1.3x faster (benchmarks/README.md).
+    # Environments. Departure from CleanRL: when each of two or more workers has at most 2 envs, the envs
+    # form two groups (by worker), so that the policy chooses one group's actions while the other group's
+    # emulators step: with 4 envs on 2 cores the rollout ran 1.34x faster; with 4 or more envs a worker
+    # the cores were busy anyway and one group was as fast or faster (benchmarks/README.md).
     stop = StopRequest()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     backend, num_workers = choose_vectorization(args, local_num_envs, cores)
     envs_per_worker = local_num_envs // (num_workers or 1)
-    group_workers = [num_workers // 2, num_workers - num_workers // 2] if (num_workers or 0) > 1 else [num_workers]
+    two_groups = (num_workers or 0) > 1 and envs_per_worker <= 2
+    group_workers = [num_workers // 2, num_workers - num_workers // 2] if two_groups else [num_workers]
     env_groups, first_env = [], 0  # [(vector env, slice of this rank's envs)]
     try:
         for workers in group_workers:

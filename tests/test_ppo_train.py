@@ -232,3 +232,19 @@ def test_the_readmes_first_run_draws_curves_a_person_can_read(tmp_path):
     assert [step for step, _ in scalars(accumulator, "episode/mean_reward")] == [2048, 6144, 8192, 10240]
     assert [step for step, _ in scalars(accumulator, "eval/mean_reward")] == [8192]
     assert [event.step for event in accumulator.Images("episode/world_map")] == [8192, 10240]
+
+
+def test_the_two_group_rollout_stays_on_policy(tmp_path):
+    """Two env groups take turns with the policy; every stored action, log-probability and observation
+    must still belong together. With one epoch of one minibatch the update sees exactly the rollout's
+    policy, so its ratios are 1: KL 0, nothing clipped. A stored observation or log-probability from
+    the wrong env or step would show here."""
+    result = train(tmp_path, "--num-envs", "4", "--vec-backend", "multiprocessing", "--num-workers", "2",
+                   "--num-steps", "32", "--minibatch-size", "128", "--update-epochs", "1", "--total-timesteps", "384",
+                   "--eval-episodes", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 envs (multiprocessing, 2 workers in 2 groups)" in result.stdout
+    accumulator = events(tmp_path)
+    for tag in ("train/approx_kl", "train/old_approx_kl", "train/clipfrac"):
+        values = [value for _, value in scalars(accumulator, tag)]
+        assert len(values) == 3 and max(abs(value) for value in values) < 1e-5, (tag, values)
