@@ -1,5 +1,6 @@
 """Data-parallel runs under torchrun, on this machine's loopback: two ranks, two "nodes", resume across
 modes, a killed rank with and without restarts. Ports are chosen free at run time."""
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,24 @@ def test_two_nodes_meet_on_loopback(tmp_path):
     for node, (stdout, stderr) in zip(nodes, outputs):
         assert node.returncode == 0, stdout + stderr
     assert sum("all 2 ranks hold the same weights" in stdout for stdout, _ in outputs) == 1
+
+
+def test_a_machine_without_the_rom_refuses_and_so_do_the_others(tmp_path):
+    """The ROM must be at the same path on every machine: here node 1's folder lacks roms/standin.gb."""
+    port = free_port()
+    launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                f"127.0.0.1:{port}"]
+    for node in (0, 1):
+        (tmp_path / f"node{node}" / "roms").mkdir(parents=True)
+    shutil.copy(STANDIN_ROM, tmp_path / "node0" / "roms" / "standin.gb")
+    arguments = [TRAINER, "--rom-path", "roms/standin.gb", *SHARED[:-2]]
+    nodes = [subprocess.Popen([*TORCHRUN, *launcher, *arguments], cwd=tmp_path / f"node{node}",
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    outputs = [node.communicate(timeout=120) for node in nodes]
+    assert all(node.returncode != 0 for node in nodes), outputs
+    errors = [line for _, stderr in outputs for line in stderr.splitlines() if "ppo_pokemon.py: error:" in line]
+    assert len(errors) == 2 and all("ROM not found: roms/standin.gb" in line for line in errors), errors
+    assert not (tmp_path / "node0" / "runs").exists()  # refused before anything was written
 
 
 def test_checkpoints_resume_across_modes(tmp_path):
