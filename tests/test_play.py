@@ -379,6 +379,16 @@ def test_refusal_from_the_command_line(bad_inputs):
     ]
 
 
+@pytest.mark.parametrize("script", ["play_pokemon.py", "ppo_pokemon.py"])
+def test_help_gives_one_default_per_flag(script):
+    result = subprocess.run([sys.executable, str(Path(PLAYER).parent / script), "--help"], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    flags = [line for line in result.stdout.splitlines() if "--" in line]
+    assert len(flags) > 10 and not [line for line in flags if line.count("(default:") > 1]
+    assert "(default: the checkpoint's)" in result.stdout or script == "ppo_pokemon.py"
+
+
 def test_unknown_rom_warns_in_one_line(bad_inputs, monkeypatch, capsys):
     """A Game Boy ROM that is neither Pokemon Red nor the stand-in: pokemon_env's warning, in one line."""
     cwd, checkpoint, bad = bad_inputs
