@@ -587,10 +587,12 @@ def main(argv=None):
 
 
 def interrupt(signum, frame):
-    """SIGTERM (from `timeout`, `docker stop`, a batch scheduler) is handled as Ctrl-C."""
+    """Ctrl-C, and SIGTERM (from `timeout`, `docker stop`, a batch scheduler) as Ctrl-C."""
     raise KeyboardInterrupt(signum)
 
 
 if __name__ == "__main__":
+    # Set here, not inherited: a shell that starts a job in the background makes it ignore SIGINT.
+    signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     main()

@@ -602,7 +602,12 @@ if __name__ == "__main__":
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank, local_world_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     if world_size > 1:
-        dist.init_process_group("gloo")  # the small messages, and the gradients unless all ranks have GPUs
+        # torchrun's restarts reuse one store, which still holds the addresses of the last attempt's ranks
+        # (pytorch/pytorch#135712): a prefix per attempt keeps a restarted rank from dialing a dead one.
+        store, _, _ = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}", store)
+        # gloo: the small messages, and the gradients unless all ranks have GPUs
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     cores = max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1) // local_world_size)
 
     checkpoint, resume_path, problem = None, None, None
@@ -823,9 +828,9 @@ if __name__ == "__main__":
                         actions[step, group] = action
                         logprobs[step, group] = logprob
                         envs.send(action.cpu().numpy())
-            global_step += args.batch_size  # every rank's steps
             rollout_seconds = time.perf_counter() - rollout_start
             episode_infos = [info for infos in all_gather(episode_infos) for info in infos]  # all ranks'
+            global_step += args.batch_size  # every rank's steps, once every rank's rollout is whole
 
             # Advantages: the value of the observation after the last step closes the rollout.
             torch.set_num_threads(learner_threads)

@@ -129,10 +129,12 @@ def test_with_restarts_a_killed_rank_resumes_from_the_checkpoint_and_finishes(tm
     process = start_long_run(tmp_path, "--max-restarts", "1")
     kill_rank_1_after(process, "update 5/")
     # After the restart both ranks continue from the newest checkpoint: stop them there, by SIGTERM.
+    resumed_from = None
     for line in process.stdout:
         if line.startswith("run long:") and "from update" in line:
             resumed_from = int(line.split("from update ")[1].split()[0])
             break
+    assert resumed_from is not None, process.communicate(timeout=60)
     for line in process.stdout:
         if line.startswith(f"update {resumed_from + 2}/"):
             break
