@@ -602,6 +602,10 @@ if __name__ == "__main__":
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank, local_world_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     if world_size > 1:
+        # Imported before the group exists: imported later (as the first optimizer does, through torch's
+        # compiler) it keeps the group alive after destroy_process_group(), and the group's gloo threads,
+        # still running at interpreter exit, abort it now and then (PyTorch 2.13; pytorch/pytorch#179291).
+        import torch.distributed.checkpoint  # noqa: F401
         # torchrun's restarts reuse one store, which still holds the addresses of the last attempt's ranks
         # (pytorch/pytorch#135712): a prefix per attempt keeps a restarted rank from dialing a dead one.
         store, _, _ = next(dist.rendezvous("env://"))
