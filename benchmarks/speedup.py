@@ -35,11 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROM = os.path.join(ROOT, "roms", "standin.gb")
 
 
-def check_out(commit: str) -> str:
-    folder = tempfile.mkdtemp(prefix=f"old_{commit[:8]}_")
+def check_out(commit: str, folder: str) -> None:
     archive = subprocess.run(["git", "-C", ROOT, "archive", commit], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
-    return folder
 
 
 def trainer_run(code: str, num_envs: int, updates: int) -> dict:
@@ -51,10 +49,10 @@ def trainer_run(code: str, num_envs: int, updates: int) -> dict:
 def run_speeds(command: list, updates: int) -> dict:
     """Run a trainer `command` of `updates` updates of 2,048 steps in a fresh folder; its speeds, read from
     its TensorBoard events: steps/s from the end of its first update to the end of its last (no start-up)."""
-    workdir = tempfile.mkdtemp(prefix="speedup_")
-    subprocess.run(command, cwd=workdir, check=True, capture_output=True, text=True)
-    events = EventAccumulator(glob.glob(os.path.join(workdir, "runs", "*"))[0])
-    events.Reload()
+    with tempfile.TemporaryDirectory(prefix="speedup_") as workdir:  # its checkpoints: 20 MB a run
+        subprocess.run(command, cwd=workdir, check=True, capture_output=True, text=True)
+        events = EventAccumulator(glob.glob(os.path.join(workdir, "runs", "*"))[0])
+        events.Reload()
     update_ends = events.Scalars("perf/update_seconds")
     return {
         "steps_per_second": 2048 * (updates - 1) / (update_ends[-1].wall_time - update_ends[0].wall_time),
@@ -108,7 +106,16 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "speedup.json"))
     options = parser.parse_args()
-    old_code = check_out(options.against)
+    with tempfile.TemporaryDirectory(prefix=f"old_{options.against}_") as old_code:
+        check_out(options.against, old_code)
+        results = measure(options, old_code)
+    os.makedirs(os.path.dirname(options.json), exist_ok=True)
+    with open(options.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(report(results))
+
+
+def measure(options, old_code: str) -> dict:
     pairs, updates = (2, 4) if options.quick else (3, 6)
     results = {"command": " ".join(["python benchmarks/speedup.py"] + sys.argv[1:]), "against": options.against,
                "cores": psutil.cpu_count(logical=False), "python": sys.version.split()[0], "trainer": {}}
@@ -119,11 +126,7 @@ def main():
                 runs[name].append(trainer_run(old_code if name == "old" else ROOT, num_envs, updates))
         results["trainer"][num_envs] = runs
     results["collection"] = collection_rates(default_collectors(old_code), *((10, 100) if options.quick else (30, 100)))
-
-    os.makedirs(os.path.dirname(options.json), exist_ok=True)
-    with open(options.json, "w") as f:
-        json.dump(results, f, indent=2)
-    print(report(results))
+    return results
 
 
 def report(results: dict) -> str:

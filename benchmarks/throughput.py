@@ -274,12 +274,12 @@ def trainer_run(total_timesteps: int) -> dict:
     """(5) ppo_pokemon.py at its defaults on the stand-in; its own TensorBoard perf/ scalars."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    workdir = tempfile.mkdtemp(prefix="bench_trainer_")
     command = [sys.executable, os.path.join(ROOT, "ppo_pokemon.py"), "--rom-path", ROM,
                "--total-timesteps", str(total_timesteps), "--eval-episodes", "0"]
-    subprocess.run(command, cwd=workdir, check=True, capture_output=True, text=True)
-    events = EventAccumulator(glob.glob(os.path.join(workdir, "runs", "*"))[0])
-    events.Reload()
+    with tempfile.TemporaryDirectory(prefix="bench_trainer_") as workdir:  # its checkpoints: 20 MB a run
+        subprocess.run(command, cwd=workdir, check=True, capture_output=True, text=True)
+        events = EventAccumulator(glob.glob(os.path.join(workdir, "runs", "*"))[0])
+        events.Reload()
 
     def scalars(tag):
         return [event.value for event in events.Scalars(tag)]

@@ -48,7 +48,8 @@ def test_against_emulator_times_every_play_in_every_window(start_state):
 def test_speedup_checks_out_a_commit_and_times_backends_in_turn(tmp_path):
     import speedup
 
-    folder = speedup.check_out("HEAD")
+    folder = tmp_path
+    speedup.check_out("HEAD", folder)
     committed = __import__("subprocess").run(["git", "-C", speedup.ROOT, "show", "HEAD:ppo_pokemon.py"],
                                              capture_output=True, text=True, check=True).stdout
     assert (Path(folder) / "ppo_pokemon.py").read_text() == committed
