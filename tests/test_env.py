@@ -80,13 +80,25 @@ def test_render_rgb_array_is_the_full_screen(standin_env):
     assert np.array_equal(frame, env.pyboy.screen.ndarray[:, :, :3])
 
 
+def sdl_window_titles() -> list:
+    """The titles of the SDL windows open in this process, asked of SDL (which PyBoy's window uses)."""
+    import sdl2
+
+    windows = (sdl2.SDL_GetWindowFromID(window_id) for window_id in range(1, 64))
+    return [sdl2.SDL_GetWindowTitle(window).decode() for window in windows if window]
+
+
 def test_human_render_mode_opens_a_window(standin_env, monkeypatch):
-    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # a real SDL window, on no screen
+    assert "PyBoy" not in sdl_window_titles()
     env = standin_env(render_mode="human", frame_skip=4)
+    assert sdl_window_titles() == ["PyBoy"]
     env.pyboy.set_emulation_speed(0)  # no need to watch it in real time here
     env.reset(seed=0)
     obs, *_ = act(env, "b")[0]
     assert obs.shape == (4, 84, 84) and env.render() is None
+    env.close()
+    assert sdl_window_titles() == []
 
 
 def test_directions_move_walls_block_and_buttons_are_released(standin_env):

@@ -1,6 +1,8 @@
 """Bad inputs to the environment fail with one clear line: ROM files, init_state files, arguments."""
 import hashlib
 import io
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,9 +78,39 @@ def test_unknown_valid_rom_warns_then_the_intro_driver_gives_up(tmp_path):
             PokemonRedEnv(rom_path=path, intro_frame_budget=600)
 
 
-def test_red_and_blue_are_known_by_sha1():
+def test_the_readmes_sha1_table_is_known_roms():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("It is identified by SHA-1:")[1].split("\n\n")[1]
+    rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+    documented = {sha1.strip().strip("`"): version.split("(")[0].strip() for version, sha1 in rows}
+    assert documented == pokemon_env.KNOWN_ROMS
     assert pokemon_env.KNOWN_ROMS[pokemon_env.RED_SHA1] == "Pokemon Red"
-    assert "Pokemon Blue" in pokemon_env.KNOWN_ROMS.values()
+
+
+@pytest.mark.parametrize("version", ["Pokemon Red", "Pokemon Blue"])
+def test_red_and_blue_play_without_the_warning(standin_rom, tmp_path, monkeypatch, version):
+    """A cartridge titled as the real game's, whose SHA-1 stands in for the real one in KNOWN_ROMS."""
+    rom = bytearray(standin_rom.read_bytes())
+    title = {"Pokemon Red": b"POKEMON RED", "Pokemon Blue": b"POKEMON BLUE"}[version]
+    rom[0x134:0x144] = title.ljust(16, b"\0")  # the real games' title; the stand-in's own is STANDIN
+    rom[0x14D] = -sum(byte + 1 for byte in rom[0x134:0x14D]) & 0xFF
+    path = tmp_path / "pokemon.gb"
+    path.write_bytes(bytes(rom))
+    with pytest.warns(UnknownRomWarning):  # not yet known
+        pokemon_env.load_rom(path)
+    real_sha1 = next(sha1 for sha1, name in pokemon_env.KNOWN_ROMS.items() if name == version)
+    known = {sha1: name for sha1, name in pokemon_env.KNOWN_ROMS.items() if sha1 != real_sha1}
+    monkeypatch.setattr(pokemon_env, "KNOWN_ROMS", {**known, hashlib.sha1(rom).hexdigest(): version})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        assert pokemon_env.load_rom(path)[1] == version
+        env = PokemonRedEnv(rom_path=path, max_steps=2)
+    try:
+        assert env.rom_name == version
+        env.reset(seed=0)
+        env.step(0)
+    finally:
+        env.close()
 
 
 def test_standin_is_recognised_without_a_warning(standin_rom, recwarn):

@@ -1,9 +1,13 @@
 """Each reward term fires when its game state changes, once, and not otherwise.
 
 Most cases write the state into the emulator's RAM between steps, where the real game keeps it,
-to reach states the stand-in cannot (a party swapping, evolving; garbage RAM). The others play the
-stand-in itself: Oak's lab, its warps, its wild battles, its bed, its gym, a blackout.
+to reach states the stand-in cannot (a party swapping, evolving, a Pokemon leaving; garbage RAM).
+The others play the stand-in itself: Oak's lab, its warps, its wild battles, its bed, its gym, a
+blackout.
 """
+import re
+from pathlib import Path
+
 import pytest
 
 import standin_play
@@ -12,6 +16,10 @@ from pokemon_env import (
     POKEDEX_SEEN, UNPAID_EVENTS,
 )
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+# The README's list of the flags that pay nothing, in backticks: checked against the code's, and played.
+README_UNPAID_EVENTS = re.findall(r"`([a-z0-9_]+)`", README.read_text().split(
+    "- **Event flags that are state, not progress**")[1].split("\n- ")[0].split("\n\n")[0])
 A, B = ACTIONS.index("a"), ACTIONS.index("b")  # B does nothing while the player walks the overworld
 PARTY_COUNT, PARTY_SPECIES, PARTY_MONS, MON_SIZE = 0xD163, 0xD164, 0xD16B, 44
 
@@ -157,6 +165,33 @@ def test_levels_gained_count_but_a_mon_joining_does_not(env):
     assert step_rewards(env)[0] == pytest.approx(0.01)
 
 
+def test_evolving_pays_no_levels_and_no_healing_and_the_evolved_mon_counts_on(env):
+    write_party(env, [(0xB0, 15, 20, 39)])  # CHARMANDER, hurt
+    step_rewards(env)
+    write_party(env, [(0xB0, 16, 22, 41)])  # a level-up: HP and max HP up by 2
+    assert step_rewards(env)[0] == pytest.approx(0.01)
+    # It evolves into CHARMELEON: new stats, the max HP gain added to its HP (pret/pokered
+    # engine/pokemon/evos_moves.asm): another species in the slot, so neither levels nor healing.
+    write_party(env, [(0xB2, 16, 30, 49)])
+    assert step_rewards(env)[0] == 0
+    write_party(env, [(0xB2, 17, 32, 51)])  # the evolved mon's own level-up pays
+    assert step_rewards(env)[0] == pytest.approx(0.01)
+    write_party(env, [(0xB2, 17, 51, 51)])  # and its healing, by its own max HP
+    assert step_rewards(env)[0] == pytest.approx(0.8 * 19 / 51)
+
+
+def test_a_mon_leaving_the_party_then_another_joining_pays_nothing(env):
+    write_party(env, [(0x99, 10, 40, 40), (0x24, 20, 30, 60)])
+    step_rewards(env)
+    write_party(env, [(0x99, 10, 40, 40)])  # the level-20 one deposited in the PC
+    assert step_rewards(env)[0] == 0
+    write_party(env, [(0x99, 10, 40, 40), (0xA5, 30, 90, 90)])  # a level-30 one withdrawn, at full HP
+    assert step_rewards(env)[0] == 0
+    assert env.reward_totals["level"] == 0 and env.reward_totals["heal"] == 0
+    write_party(env, [(0x99, 11, 42, 42), (0xA5, 30, 90, 90)])  # levels count again from here
+    assert step_rewards(env)[0] == pytest.approx(0.01)
+
+
 def test_same_species_swap_and_garbage_party_earn_nothing(env):
     write_party(env, [(0x99, 5, 20, 20), (0x99, 9, 30, 30)])
     step_rewards(env)
@@ -211,6 +246,43 @@ def test_zero_weight_disables_a_term(standin_env):
     env.reset(seed=0)
     env.pyboy.memory[OBTAINED_BADGES_ADDRESS] |= 0b1
     assert step_rewards(env)[0] == 0
+
+
+def set_bit(env, address, bit=0):
+    env.pyboy.memory[address] |= 1 << bit
+
+
+# Per term: its weight's setting, what earns it once (in RAM, or a step), and the gain it earns.
+TERMS = {
+    "badge": ("badge_reward", lambda env: set_bit(env, OBTAINED_BADGES_ADDRESS), B, 1),
+    "explore": ("explore_reward", lambda env: None, ACTIONS.index("up"), 1),  # onto a new tile
+    "level": ("level_reward", lambda env: write_party(env, [(0x99, 8, 10, 20)]), B, 3),
+    "event": ("event_reward", lambda env: set_bit(env, EVENT_FLAGS_ADDRESS + 300, 2), B, 1),
+    "seen": ("seen_reward", lambda env: set_bit(env, POKEDEX_SEEN + 3, 5), B, 1),
+    "owned": ("owned_reward", lambda env: set_bit(env, POKEDEX_OWNED + 7, 1), B, 1),
+    "heal": ("heal_reward", lambda env: write_party(env, [(0x99, 5, 20, 20)]), B, 0.5),  # 10 of 20 HP
+    "blackout": ("blackout_penalty", lambda env: write_party(env, [(0x99, 5, 0, 20)]), B, -1),
+}
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_every_weight_scales_its_term(standin_env, term):
+    """A weight other than its default pays weight x gain: none is hard-coded."""
+    setting, earn, button, gain = TERMS[term]
+    weight = 0.37
+    env = standin_env(max_steps=100, **{setting: weight})
+    env.reset(seed=0)
+    write_party(env, [(0x99, 5, 10, 20)])  # a party, hurt: the Pokedex counts, healing can pay
+    assert step_rewards(env)[0] == 0
+    earn(env)
+    reward, totals = step_rewards(env, button)
+    assert reward == pytest.approx(weight * gain) and totals[term] == pytest.approx(weight * gain)
+    assert sum(abs(total) for name, total in totals.items() if name != term) == 0
+
+
+def test_unpaid_events_are_the_readmes_list():
+    assert len(README_UNPAID_EVENTS) == 12 and set(README_UNPAID_EVENTS) <= set(EVENT_FLAGS)
+    assert set(README_UNPAID_EVENTS) == set(UNPAID_EVENTS)
 
 
 # ----- Played on the stand-in: Oak's lab, warps, its wild battles, its gym -----
@@ -299,7 +371,7 @@ def test_the_museum_ticket_and_other_flags_that_are_not_progress_pay_nothing(env
     assert position(env) == (standin_play.PEWTER_GYM, 2, 4) and not memory[EVENT_FLAGS_ADDRESS + 13]
     assert env.reward_totals["event"] == pytest.approx(1.6)  # the rival's battle in the lab
     assert play(env, ["a"]) == [0] and memory[EVENT_FLAGS_ADDRESS + 13] & 1  # EVENT_BOUGHT_MUSEUM_TICKET
-    for name in UNPAID_EVENTS:
+    for name in README_UNPAID_EVENTS:
         memory[EVENT_FLAGS_ADDRESS + EVENT_FLAGS[name] // 8] |= 1 << EVENT_FLAGS[name] % 8
         assert step_rewards(env)[0] == 0, name
     memory[EVENT_FLAGS_ADDRESS + 300] |= 0b1  # any other flag still pays

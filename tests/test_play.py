@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from processes import Started
 
 import pokemon_env
 
@@ -291,15 +292,10 @@ def test_ctrl_c_and_sigterm_keep_what_was_played(trained, tmp_path, signum):
     command = [sys.executable, PLAYER, "--checkpoint", str(checkpoint), "--episodes", "1000",
                "--max-steps", "20", "--json", str(tmp_path / "stopped.json"),
                "--record", str(tmp_path / "stopped.gif")]
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in process.stdout:
-            if line.startswith("episode 2/1000"):
-                process.send_signal(signum)
-                break
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    process = Started(command, cwd)
+    process.wait_for_line("episode 2/1000")
+    os.kill(process.pid, signum)
+    stdout, stderr = process.finish(timeout=60)
     assert process.returncode == 128 + signum, stdout + stderr
     name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
     assert f"{name}: stopped after" in stdout and "| return " in stdout
@@ -330,6 +326,13 @@ def bad_inputs(trained, tmp_path_factory):
     # Trained from a start state that is not here any more.
     gone_state = {**saved, "env_kwargs": {**saved["env_kwargs"], "init_state": "states/gone.state"}}
     torch.save(gone_state, bad / "gone_state.pt")
+    # An agent with 6 buttons, for an env that has 8.
+    six = {name: tensor[:6] if name.startswith("actor.") else tensor for name, tensor in saved["model"].items()}
+    torch.save({**saved, "model": six, "num_actions": 6}, bad / "six_actions.pt")
+    # An agent that leans towards Up, but only just: sampling presses the other buttons too.
+    leans_up = {**saved["model"], "actor.weight": torch.zeros_like(saved["model"]["actor.weight"]),
+                "actor.bias": torch.eye(8)[pokemon_env.ACTIONS.index("up")]}  # p(up) = e / (e + 7) = 0.28
+    torch.save({**saved, "model": leans_up}, bad / "leans_up.pt")
     return cwd, checkpoint, bad
 
 
@@ -432,6 +435,12 @@ def test_unknown_rom_warns_in_one_line(bad_inputs, monkeypatch, capsys):
      "--save-every must be 0 (only on a new map or badge count) or more"),
     ("init_state_empty_folder", ["--init-state", "{bad}/empty"], "trained", "holds no *.state files"),
     ("json_unwritable", ["--json", "{bad}/notes.txt/results.json"], "trained", "cannot write --json"),
+    ("json_folder", ["--json", "{bad}/empty"], "trained", "--json {bad}/empty is a folder; give a file name"),
+    ("action_count", ["--checkpoint", "{bad}/six_actions.pt"], "trained",
+     "checkpoint has 6 actions, this env has 8"),
+    ("record_fps_too_high", ["--record", "agent.gif", "--record-fps", "60"], "trained",
+     "--record-fps must be in (0, 50] for a .gif"),
+    ("record_fps_nan", ["--record", "agent.mp4", "--record-fps", "nan"], "trained", "--record-fps must be in"),
     ("record_unwritable", ["--record", "{bad}/notes.txt/agent.gif"], "trained", "cannot write --record"),
 ])  # fmt: skip
 def test_refuses_in_one_line(bad_inputs, monkeypatch, capsys, case, argv, where, message):
@@ -442,7 +451,44 @@ def test_refuses_in_one_line(bad_inputs, monkeypatch, capsys, case, argv, where,
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("play_pokemon.py: error: "), lines
-    assert message in lines[0] and "episode 1/" not in captured.out  # refused before playing
+    assert message.format(bad=bad) in lines[0] and "episode 1/" not in captured.out  # refused before playing
+
+
+def test_greedy_takes_the_most_likely_action(bad_inputs, monkeypatch, capsys, tmp_path):
+    cwd, _, bad = bad_inputs
+    counts = {}
+    for mode in ("--greedy", "--seed"):  # --seed 1: the default, sampled
+        argv = ["--checkpoint", bad / "leans_up.pt", mode, *(["1"] if mode == "--seed" else []),
+                "--max-steps", "30", "--json", tmp_path / "actions.json"]
+        assert main_in_process(argv, monkeypatch, cwd) == 0
+        counts[mode] = json.loads((tmp_path / "actions.json").read_text())["episodes"][0]["action_counts"]
+    assert counts["--greedy"]["up"] == 30
+    assert counts["--seed"]["up"] < 30  # sampled: other buttons too
+
+
+@pytest.mark.parametrize("extension, fps", [(".gif", 5.0), (".mp4", 7.5)])
+def test_record_fps_sets_the_recordings_frame_rate(trained, monkeypatch, tmp_path, extension, fps):
+    import imageio.v2 as imageio
+
+    cwd, checkpoint = trained
+    video = tmp_path / f"slow{extension}"
+    argv = ["--checkpoint", checkpoint, "--max-steps", "3", "--record", video, "--record-fps", str(fps),
+            "--json", tmp_path / "fps.json"]
+    assert main_in_process(argv, monkeypatch, cwd) == 0
+    assert json.loads((tmp_path / "fps.json").read_text())["recording"]["fps"] == fps
+    if extension == ".gif":
+        with Image.open(video) as gif:
+            durations = []
+            for index in range(gif.n_frames):
+                gif.seek(index)
+                durations.append(gif.info["duration"])
+        assert sum(durations) == 4 * 1000 / fps  # 3 steps and the first screen, 200 ms each
+    else:
+        reader = imageio.get_reader(str(video))
+        try:
+            assert reader.get_meta_data()["fps"] == fps and reader.count_frames() == 4
+        finally:
+            reader.close()
 
 
 # ----- start states: save them while playing, train from them, play from them -----

@@ -281,7 +281,6 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
     ppo_pokemon.save_checkpoint(path, {"format": ppo_pokemon.CHECKPOINT_FORMAT, "model": agent.state_dict(),
                                        "rng": ppo_pokemon.rng_states()})
     loaded = ppo_pokemon.load_checkpoint(path)
-    ppo_pokemon.set_rng_states(loaded["rng"])
     Agent((4, 84, 84), 8).load_state_dict(loaded["model"])
     assert list(tmp_path.iterdir()) == [tmp_path / "c.pt"]  # no temporary file left behind
 
@@ -294,6 +293,23 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
         with pytest.raises(ppo_pokemon.CheckpointError, match=reason) as error:
             ppo_pokemon.load_checkpoint(str(tmp_path / name))
         assert "\n" not in str(error.value)
+
+
+def test_rng_states_restored_from_a_checkpoint_repeat_the_draws(tmp_path):
+    """Draw, save, draw, restore, draw again: the draws after the save repeat, for python, numpy and torch."""
+    import random
+
+    def draw():
+        return random.random(), float(np.random.rand()), float(np.random.normal()), torch.rand(3).tolist()
+
+    ppo_pokemon.seed_everything(5)
+    draw()  # numpy now holds the second of a pair of gaussians: its state must keep it
+    path = str(tmp_path / "rng.pt")
+    ppo_pokemon.save_checkpoint(path, {"format": ppo_pokemon.CHECKPOINT_FORMAT, "rng": ppo_pokemon.rng_states()})
+    after_save = [draw() for _ in range(3)]
+    ppo_pokemon.seed_everything(99)  # anything in between
+    ppo_pokemon.set_rng_states(ppo_pokemon.load_checkpoint(path)["rng"])
+    assert [draw() for _ in range(3)] == after_save
 
 
 def test_resume_takes_a_file_a_folders_newest_or_auto(tmp_path, monkeypatch):

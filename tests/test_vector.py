@@ -102,10 +102,12 @@ def test_every_backend_plays_the_same_episodes(env_kwargs, monkeypatch):
 def test_multiprocessing_starts_with_spawn_without_replaying_the_intro(standin_rom):
     """macOS and Windows start workers with spawn: they get the start state the main process booted."""
     kwargs = dict(rom_path=str(standin_rom), max_steps=3)  # no init_state: the intro driver's start state
-    reference = PokemonRedEnv(**kwargs)
+    reference = PokemonRedEnv(**kwargs)  # boots, here
     reference_obs, _ = reference.reset(seed=7)
     reference.close()
-    envs = pokemon_env.Multiprocessing([make_env] * 2, [[]] * 2, [kwargs] * 2, 2, num_workers=2,
+    # A frame's budget for the intro: a worker that played it again would fail to start.
+    no_intro = {**kwargs, "intro_frame_budget": 1}
+    envs = pokemon_env.Multiprocessing([make_env] * 2, [[]] * 2, [no_intro] * 2, 2, num_workers=2,
                                        start_method="spawn")
     try:
         obs, _ = envs.reset(seed=7)
@@ -118,16 +120,18 @@ def test_multiprocessing_starts_with_spawn_without_replaying_the_intro(standin_r
 
 
 def test_our_multiprocessing_workers_sleep_between_steps(env_kwargs):
-    """PufferLib 2.0.2's workers spin for half a second after each step; ours must use no CPU while waiting."""
+    """PufferLib 2.0.2's workers spin for half a second after each step; ours must sleep while waiting:
+    the kernel finds them asleep whenever it is asked (a spinning worker is running or runnable)."""
     envs = make_backend("Multiprocessing", env_kwargs, num_envs=2)
     try:
         envs.reset(seed=0)
         envs.step(np.full(2, B))
         workers = [psutil.Process(process.pid) for process in envs.processes]
-        cpu_before = [sum(worker.cpu_times()[:2]) for worker in workers]
-        time.sleep(0.5)
-        cpu_used = [sum(worker.cpu_times()[:2]) - before for worker, before in zip(workers, cpu_before)]
-        assert max(cpu_used) < 0.1, f"workers used {cpu_used} s of CPU in 0.5 s of waiting"
+        states = []
+        for _ in range(20):
+            time.sleep(0.025)
+            states += [worker.status() for worker in workers]
+        assert set(states) == {psutil.STATUS_SLEEPING}, states
         envs.step(np.full(2, B))  # and they still answer
     finally:
         envs.close()
@@ -142,18 +146,17 @@ def test_a_dead_worker_is_reported_within_seconds(env_kwargs):
     envs = make_backend("Multiprocessing", env_kwargs, num_envs=4)
     try:
         envs.reset(seed=0)
-        victim = envs.processes[1].pid
+        processes = list(envs.processes)
+        victim = processes[1].pid
         os.kill(victim, signal.SIGKILL)
-        start = time.monotonic()
         with pytest.raises(pokemon_env.WorkerError) as error:
-            envs.step(np.full(4, B))
-        assert time.monotonic() - start < 5
+            envs.step(np.full(4, B))  # noticed at all: a wait that never ends is the pytest timeout's
         message = str(error.value)
         assert "\n" not in message and f"pid {victim}" in message and "envs 2-3" in message
         assert "exit code -9" in message
     finally:
         envs.close()
-    assert not any(process.is_alive() for process in envs.processes)  # the others are stopped too
+    assert not any(process.is_alive() for process in processes)  # the others are stopped too
 
 
 class EnvThatFails(PokemonRedEnv):

@@ -1,0 +1,100 @@
+"""Scripts started by the tests, in a session of their own, with waits that always end.
+
+Threads read stdout and stderr as they come, so a chatty process never blocks on a full pipe and a
+wait for a line keeps its deadline even while the process prints nothing.
+"""
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+
+import psutil
+
+
+class Started:
+    """A process whose output lines are collected as they come."""
+
+    def __init__(self, command, cwd, env=None):
+        self.popen = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True)  # signalled as a terminal would
+        self.pid = self.popen.pid
+        self.stdout_lines, self.stderr_lines, self.new_lines = [], [], queue.Queue()
+        self.readers = [threading.Thread(target=self._read, args=(self.popen.stdout, self.stdout_lines), daemon=True),
+                        threading.Thread(target=self._read, args=(self.popen.stderr, self.stderr_lines), daemon=True)]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, pipe, lines):
+        for line in pipe:
+            lines.append(line)
+            if lines is self.stdout_lines:
+                self.new_lines.put(line)
+        if lines is self.stdout_lines:
+            self.new_lines.put(None)  # the end of stdout
+
+    @property
+    def returncode(self):
+        return self.popen.returncode
+
+    def wait_for_line(self, prefix: str, timeout: float = 90) -> str:
+        """The next stdout line starting with `prefix`; fails the test after `timeout` seconds or at exit."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.new_lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                raise AssertionError(f"no line starting {prefix!r} within {timeout} s") from None
+            if line is None:
+                self.popen.wait(timeout=30)
+                raise AssertionError(f"exited ({self.returncode}) before printing {prefix!r}: {self.stderr()}")
+            if line.startswith(prefix):
+                return line
+
+    def signal_group(self, signum):
+        """Send `signum` to the whole process group, as a terminal's Ctrl-C does."""
+        os.killpg(self.pid, signum)
+
+    def finish(self, timeout: float) -> tuple[str, str]:
+        """(stdout, stderr) once it has exited; fails the test (killing it) if it has not within `timeout` s."""
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"did not exit within {timeout} s: {self.stderr()}") from None
+        for reader in self.readers:
+            reader.join(timeout=30)
+        return self.stdout(), self.stderr()
+
+    def kill(self):
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(timeout=30)
+
+    def stdout(self) -> str:
+        return "".join(self.stdout_lines)
+
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+
+def processes_in(cwd, settle: float = 0.5) -> list:
+    """Processes still running from `cwd` (workers or ranks that outlived their parent), after `settle` s."""
+    time.sleep(settle)
+    found = []
+    for process in psutil.process_iter(["pid", "cwd"]):
+        try:
+            if process.info["cwd"] == str(cwd) and process.pid != os.getpid():
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def children_in(pid: int, cwd) -> list:
+    """The children of process `pid` running from `cwd`: a trainer's env workers, say."""
+    return [child for child in psutil.Process(pid).children() if child.cwd() == str(cwd)]
