@@ -12,61 +12,21 @@ import textwrap
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
-
+from processes import Started, children_in, processes_in
 from test_ppo_train import STANDIN_ROM, TINY, TRAINER, assert_one_line_error, checkpoints
 
 pytestmark = pytest.mark.slow
 
 LONG = [*TINY, "--total-timesteps", "1000000", "--save-interval", "1000"]  # runs until something happens
+WORKERS = ["--vec-backend", "multiprocessing", "--num-workers", "2"]  # the default on 2 cores, asked for
 
 
-def start(cwd, *extra, driver=None):
+def start(cwd, *extra, driver=None) -> Started:
     """The trainer in a session of its own (so a test can signal it as a terminal would)."""
     program = [str(driver)] if driver else [TRAINER]
-    return subprocess.Popen([sys.executable, *program, "--rom-path", str(STANDIN_ROM), *extra], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def wait_for_line(process, prefix, timeout=90):
-    deadline = time.time() + timeout
-    for line in process.stdout:  # progress lines end in newlines when stdout is not a terminal
-        if line.startswith(prefix):
-            return line
-        assert time.time() < deadline, f"no line starting {prefix!r} within {timeout} s"
-    raise AssertionError(f"the trainer exited before printing {prefix!r}: {process.stderr.read()}")
-
-
-def finish(process, timeout):
-    """(stdout, stderr, seconds it took to exit); fails the test if it hangs."""
-    start_time = time.time()
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise AssertionError(f"the trainer did not exit within {timeout} s") from None
-    return stdout, stderr, time.time() - start_time
-
-
-def env_workers(process):
-    """The trainer's env worker processes (forked: they share its command line)."""
-    trainer = psutil.Process(process.pid)
-    return [child for child in trainer.children() if child.cmdline() == trainer.cmdline()]
-
-
-def leftover_processes(cwd):
-    """Processes still running from the test's folder (workers that outlived their trainer)."""
-    time.sleep(0.5)
-    found = []
-    for process in psutil.process_iter(["pid", "cwd"]):
-        try:
-            if process.info["cwd"] == str(cwd) and process.pid != os.getpid():
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
+    return Started([sys.executable, *program, "--rom-path", str(STANDIN_ROM), *extra], cwd)
 
 
 def driver(tmp_path, patch: str) -> Path:
@@ -90,35 +50,59 @@ def test_an_exception_in_the_main_process_stops_the_workers(tmp_path):
             raise RuntimeError("injected bug")
         torch.nn.utils.clip_grad_norm_ = broken
     """
-    process = start(tmp_path, *LONG, "--vec-backend", "multiprocessing", "--num-workers", "2",
-                    driver=driver(tmp_path, patch))
-    stdout, stderr, seconds = finish(process, timeout=60)
+    process = start(tmp_path, *LONG, *WORKERS, driver=driver(tmp_path, patch))
+    stdout, stderr = process.finish(timeout=60)
     assert process.returncode == 1, stdout + stderr
     assert "Traceback" in stderr and "injected bug" in stderr  # a bug: its traceback is shown
-    assert not leftover_processes(tmp_path)
+    assert not processes_in(tmp_path)
 
 
 def test_a_killed_worker_ends_the_run_in_one_line_with_a_checkpoint(tmp_path):
-    process = start(tmp_path, *LONG, "--vec-backend", "multiprocessing", "--num-workers", "2")
-    wait_for_line(process, "update 2/")
-    victim = env_workers(process)[1]
+    process = start(tmp_path, *LONG, *WORKERS)
+    process.wait_for_line("update 2/")
+    victim = children_in(process.pid, tmp_path)[1]
     victim.kill()
-    stdout, stderr, seconds = finish(process, timeout=30)
-    assert seconds < 10
+    stdout, stderr = process.finish(timeout=60)
     assert process.returncode == 1, stdout + stderr
     (line,) = stderr.strip().splitlines()
     assert line.startswith("ppo_pokemon.py: error: env worker 1 (pid") and "died (exit code -9)" in line
     assert f"pid {victim.pid}" in line and "--resume" in line
     (path,) = checkpoints(tmp_path)  # the last whole update, saved on the way out
     assert torch.load(path, weights_only=True)["update"] >= 2
-    assert not leftover_processes(tmp_path)
+    assert not processes_in(tmp_path)
+
+
+def test_an_env_that_fails_in_a_worker_ends_the_run_in_one_line_with_a_checkpoint(tmp_path):
+    patch = """
+        import pokemon_env
+        real_reset, real_step = pokemon_env.PokemonRedEnv.reset, pokemon_env.PokemonRedEnv.step
+        def reset(self, *, seed=None, options=None):
+            if seed is not None and not hasattr(self, "first_seed"):
+                self.first_seed = seed  # env i of the run is first reset with seed 1 + i
+            return real_reset(self, seed=seed, options=options)
+        def step(self, action):
+            self.stepped = getattr(self, "stepped", 0) + 1
+            if getattr(self, "first_seed", None) == 2 and self.stepped == 100:  # env 1, in update 4
+                raise RuntimeError("the emulator broke\\nsecond line of its message")
+            return real_step(self, action)
+        pokemon_env.PokemonRedEnv.reset, pokemon_env.PokemonRedEnv.step = reset, step
+    """
+    process = start(tmp_path, *LONG, *WORKERS, driver=driver(tmp_path, patch))
+    stdout, stderr = process.finish(timeout=120)
+    assert process.returncode == 1, stdout + stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("ppo_pokemon.py: error: env worker 1 (pid") and "envs 1-1" in line, line
+    assert "failed: RuntimeError: the emulator broke; last checkpoint " in line and "--resume" in line
+    (path,) = checkpoints(tmp_path)
+    assert torch.load(path, weights_only=True)["update"] == 3  # the last whole update
+    assert not processes_in(tmp_path)
 
 
 def test_sigterm_saves_the_last_whole_update_and_the_run_resumes_from_its_folder(tmp_path):
     process = start(tmp_path, *LONG)
-    wait_for_line(process, "update 2/")
-    process.send_signal(signal.SIGTERM)  # `timeout`, docker stop and batch schedulers send it to the trainer
-    stdout, stderr, seconds = finish(process, timeout=30)
+    process.wait_for_line("update 2/")
+    os.kill(process.pid, signal.SIGTERM)  # `timeout`, docker stop and batch schedulers send it to the trainer
+    stdout, stderr = process.finish(timeout=60)
     assert process.returncode == 143, stdout + stderr
     assert "SIGTERM" in stdout and "continue with: python ppo_pokemon.py --resume" in stdout
     (path,) = checkpoints(tmp_path)
@@ -132,18 +116,59 @@ def test_sigterm_saves_the_last_whole_update_and_the_run_resumes_from_its_folder
     assert torch.load(checkpoints(tmp_path)[-1], weights_only=True)["global_step"] == int(total)
 
 
-def test_a_second_ctrl_c_aborts_at_once_and_leaves_whole_files(tmp_path):
-    process = start(tmp_path, *LONG, "--save-interval", "1")
-    wait_for_line(process, "update 2/")
-    os.killpg(process.pid, signal.SIGINT)
-    os.killpg(process.pid, signal.SIGINT)
-    stdout, stderr, seconds = finish(process, timeout=30)
-    # 130 from our handler; or killed by the signal itself if it came while Python was shutting down
-    assert process.returncode in (130, -signal.SIGINT) and seconds < 5, stdout + stderr
-    for path in checkpoints(tmp_path):
-        torch.load(path, weights_only=True)
-    assert not list((tmp_path / "checkpoints").glob("*/*.tmp*"))
-    assert not leftover_processes(tmp_path)
+def test_ctrl_c_to_the_process_group_with_workers_saves_and_leaves_no_process(tmp_path):
+    """As a terminal's Ctrl-C: the trainer and its 2 env workers get the signal."""
+    process = start(tmp_path, *LONG, *WORKERS)
+    process.wait_for_line("update 2/")
+    process.signal_group(signal.SIGINT)
+    stdout, stderr = process.finish(timeout=60)
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and "stopped at step" in stdout
+    (path,) = checkpoints(tmp_path)
+    assert torch.load(path, weights_only=True)["update"] >= 2
+    assert not processes_in(tmp_path)
+
+
+def test_sigterm_to_the_process_group_during_evaluation_saves_and_leaves_no_process(tmp_path):
+    """One update, saved, then an evaluation far too long to finish: the signal must stop it."""
+    process = start(tmp_path, *TINY, *WORKERS, "--total-timesteps", "64", "--eval-interval", "1",
+                    "--eval-max-steps", "1000000")
+    process.wait_for_line("update 1/1")
+    deadline = time.monotonic() + 60
+    while not checkpoints(tmp_path):  # saved just before the evaluation starts
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.05)
+    time.sleep(0.5)  # well into the evaluation's million steps
+    process.signal_group(signal.SIGTERM)
+    stdout, stderr = process.finish(timeout=60)
+    assert process.returncode == 143, stdout + stderr
+    assert "stopped at step 64" in stdout and "eval after update" not in stdout
+    (path,) = checkpoints(tmp_path)
+    assert torch.load(path, weights_only=True)["update"] == 1
+    assert not processes_in(tmp_path)
+
+
+def test_a_second_ctrl_c_aborts_the_save_at_once_and_leaves_no_partial_file(tmp_path):
+    patch = """
+        import time, torch
+        real_save = torch.save
+        def slow_save(*args, **kwargs):  # a slow disk: long enough for a second Ctrl-C
+            print("saving slowly", flush=True)
+            time.sleep(600)
+            return real_save(*args, **kwargs)
+        torch.save = slow_save
+    """
+    process = start(tmp_path, *LONG, driver=driver(tmp_path, patch))
+    process.wait_for_line("update 2/")
+    process.signal_group(signal.SIGINT)
+    process.wait_for_line("Ctrl-C: stopping to save")
+    process.wait_for_line("saving slowly")  # the save of the last whole update has begun
+    process.signal_group(signal.SIGINT)
+    stdout, stderr = process.finish(timeout=60)  # not the save's ten minutes
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and "stopped at step" not in stdout
+    assert checkpoints(tmp_path) == [] and not list((tmp_path / "checkpoints").glob("*/*.tmp*"))
+    assert not processes_in(tmp_path)
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_path):
@@ -159,7 +184,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_p
         torch.save = save_on_a_full_disk
     """
     process = start(tmp_path, *LONG, "--save-interval", "1", driver=driver(tmp_path, patch))
-    stdout, stderr, seconds = finish(process, timeout=120)
+    stdout, stderr = process.finish(timeout=120)
     assert process.returncode == 1, stdout + stderr
     (line,) = stderr.strip().splitlines()
     assert "cannot save" in line and "checkpoint_update000002.pt: No space left on device" in line
@@ -187,18 +212,22 @@ def test_non_finite_losses_stop_the_run_and_the_good_checkpoint_stays(tmp_path):
 
 def test_an_unwritable_checkpoint_folder_is_refused_before_the_envs_start(tmp_path):
     (tmp_path / "checkpoints").write_text("a file where the folder should be")
-    start_time = time.time()
     result = subprocess.run([sys.executable, TRAINER, "--rom-path", str(STANDIN_ROM), *TINY], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert_one_line_error(result, "cannot create checkpoints/")
     assert "checkpoints is a file" in result.stderr
-    assert not (tmp_path / "runs").exists() and time.time() - start_time < 30
+    assert not (tmp_path / "runs").exists()
 
 
-def test_stale_temporary_files_are_removed_when_a_run_resumes(tmp_path):
-    result = subprocess.run([sys.executable, TRAINER, "--rom-path", str(STANDIN_ROM), *TINY, "--total-timesteps", "64"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+def test_stale_temporary_files_are_removed_when_a_run_starts_and_when_it_resumes(tmp_path):
+    folder = tmp_path / "checkpoints" / "mine"
+    folder.mkdir(parents=True)
+    left_before = folder / "checkpoint_update000003.pt.tmp4194998"  # a killed earlier attempt's
+    left_before.write_bytes(b"x" * 1000)
+    result = subprocess.run([sys.executable, TRAINER, "--rom-path", str(STANDIN_ROM), *TINY, "--total-timesteps",
+                             "64", "--run-name", "mine"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert not left_before.exists()  # a fresh start of the name cleans up too
     (good,) = checkpoints(tmp_path)
     dead = good.parent / "checkpoint_update000007.pt.tmp4194999"  # above Linux's largest pid: no such process
     alive = good.parent / f"checkpoint_update000008.pt.tmp{os.getpid()}"  # a save still being written
