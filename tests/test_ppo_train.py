@@ -2,15 +2,16 @@
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from processes import Started
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import pokemon_env
@@ -26,14 +27,29 @@ TINY = [
     "--max-steps", "40", "--save-interval", "2", "--eval-interval", "2", "--eval-episodes", "1",
     "--eval-max-steps", "20", "--heatmap-interval", "1", "--vec-backend", "serial", "--torch-threads", "1",
 ]  # fmt: skip
-REQUIRED_TAGS = {
-    "train/policy_loss", "train/value_loss", "train/entropy_loss", "train/approx_kl", "train/learning_rate",
-    "perf/steps_per_second", "episode/mean_reward", "episode/mean_length", "episode/mean_badges",
-    "train/clipfrac", "train/explained_variance", "perf/rollout_seconds", "perf/update_seconds",
-    "episode/unique_tiles", "episode/maps_visited", "episode/level_sum", "episode/event_flags",
-    "episode/pokedex_seen", "episode/pokedex_owned", "episode/reward_explore", "episode/reward_badge",
-    "eval/mean_reward", "eval/mean_length",
-}  # fmt: skip
+
+
+def readme_tags() -> dict:
+    """{kind: tags} from the README's metrics table, its placeholders filled in: what a run must write."""
+    table = (ROOT / "README.md").read_text().split("### Metrics (TensorBoard")[1].split("\n\n")[1]
+    terms = [f.name.rsplit("_", 1)[0] for f in dataclasses.fields(pokemon_env.EnvSettings)
+             if f.name.endswith(("_reward", "_penalty"))]
+    tags = {"scalars": set(), "images": set(), "text": set()}
+    stats = set()
+    for row in table.splitlines()[2:]:
+        names, meaning = row.strip("|").split("|")[:2]
+        kind = "images" if "(image)" in names else "text" if "(text)" in names else "scalars"
+        prefix = ""
+        for name in re.findall(r"`([^`]+)`", names):
+            prefix, name = (name.split("/", 1)[0] + "/", name) if "/" in name else (prefix, prefix + name)
+            expanded = {name.replace("<term>", term) for term in terms} if "<term>" in name else {name}
+            expanded = {tag.replace("<i>", str(i)) for tag in expanded for i in (0, 1)}  # two start states
+            tags[kind] |= expanded
+            if "end-of-episode stats" in meaning:
+                stats.add(name.split("/", 1)[1])
+    tags["scalars"] = {tag for tag in tags["scalars"] if tag != "eval/<stat>"} | {
+        f"eval/{stat}" for stat in stats | {f"reward_{term}" for term in terms}}
+    return tags
 
 
 def train(cwd, *extra, timeout=120):
@@ -59,28 +75,45 @@ def checkpoints(cwd):
 def assert_one_line_error(result, text):
     assert result.returncode == 2, result.stderr
     # A warning may precede it (say, a stand-in cartridge rebuilt since the checkpoint was made).
-    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("warning:")]
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("ppo_pokemon.py: warning:")]
     assert len(lines) == 1 and lines[0].startswith("ppo_pokemon.py: error:"), result.stderr
     assert text in lines[0]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One tiny training run, shared by the tests that read what it wrote."""
+def start_states(tmp_path_factory, start_state_file):
+    """A folder of two start states: the bedroom's start, and two steps to the right of it."""
+    folder = tmp_path_factory.mktemp("start_states")
+    env = pokemon_env.PokemonRedEnv(rom_path=STANDIN_ROM, init_state=start_state_file)
+    env.reset(seed=0)
+    env.save_state(folder / "a.state")
+    for _ in range(2):
+        env.step(pokemon_env.ACTIONS.index("right"))
+    env.save_state(folder / "b.state")
+    env.close()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, start_states):
+    """One tiny training run from two start states, shared by the tests that read what it wrote."""
     assert STANDIN_ROM.exists(), "roms/standin.gb is missing: run python roms/build_standin.py"
     cwd = tmp_path_factory.mktemp("train")
-    result = train(cwd)
+    result = train(cwd, "--init-state", str(start_states))
     assert result.returncode == 0, result.stdout + result.stderr
     return cwd, result
 
 
-def test_run_writes_every_tag_and_sane_episode_stats(run):
+def test_run_writes_every_tag_of_the_readme_and_sane_episode_stats(run):
     cwd, result = run
     assert "update 3/3" in result.stdout and "done: 192 steps" in result.stdout
     accumulator = events(cwd)
-    tags = set(accumulator.Tags()["scalars"])
-    assert REQUIRED_TAGS <= tags, REQUIRED_TAGS - tags
-    assert {"episode/exploration_heatmap", "episode/world_map"} <= set(accumulator.Tags()["images"])
+    written = {"scalars": set(accumulator.Tags()["scalars"]), "images": set(accumulator.Tags()["images"]),
+               "text": {tag.split("/")[0] for tag in accumulator.Tags()["tensors"]}}
+    documented = readme_tags()
+    assert len(documented["scalars"]) > 40 and documented["images"] and documented["text"]
+    for kind in documented:
+        assert documented[kind] <= written[kind], (kind, documented[kind] - written[kind])
     standin_world = pokemon_env.render_world_map({}, 1, pokemon_env.load_world(STANDIN_ROM))
     assert accumulator.Images("episode/world_map")[-1].width == standin_world.shape[1]  # not Red's world
     # The trainer received the env's end-of-episode infos (PufferLib passes them as a flat list).
@@ -114,7 +147,7 @@ def test_run_writes_loadable_checkpoints(run):
     agent.load_state_dict(checkpoint["model"])
 
 
-def test_resume_continues_global_step_schedule_and_curves(run, tmp_path):
+def test_resume_continues_global_step_schedule_and_curves(run, start_states, tmp_path):
     cwd, _ = run
     shutil.copytree(cwd / "runs", tmp_path / "runs")
     shutil.copytree(cwd / "checkpoints", tmp_path / "checkpoints")
@@ -138,24 +171,48 @@ def test_resume_continues_global_step_schedule_and_curves(run, tmp_path):
     assert [step for step, _ in lrs] == [64, 128, 192]
     assert lrs[-1][1] == pytest.approx(2.5e-4 / 3, rel=1e-5)
 
-    # A flag given again overrides the checkpoint's setting: extend the run by one update.
-    command = [sys.executable, TRAINER, "--resume", str(first_update3), "--total-timesteps", "256"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    # A flag given again overrides the checkpoint's setting: extend the run by one update. Meanwhile the
+    # start states' folder has gained a file that sorts first, and the ROM has changed (its global
+    # checksum, which nothing checks): the run keeps its recorded files, in their order, and warns.
+    recorded = original["env_kwargs"]["init_state"]
+    assert recorded == [str(start_states / "a.state"), str(start_states / "b.state")]
+    shutil.copy(start_states / "b.state", start_states / "0.state")
+    rom = bytearray(STANDIN_ROM.read_bytes())
+    rom[0x14E] ^= 0xFF
+    (tmp_path / "changed.gb").write_bytes(bytes(rom))
+    command = [sys.executable, TRAINER, "--resume", str(first_update3), "--total-timesteps", "256",
+               "--rom-path", "changed.gb"]
+    try:
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    finally:
+        (start_states / "0.state").unlink()
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "ppo_pokemon.py: warning: changed.gb is not the ROM this checkpoint was trained on"]
     extended = torch.load(checkpoints(tmp_path)[-1], weights_only=True)
     assert extended["global_step"] == 256 and extended["update"] == 4
+    assert extended["env_kwargs"]["init_state"] == recorded and extended["args"]["init_state"] == recorded
+
+
+def test_target_kl_ends_an_update_after_its_first_epoch_and_no_anneal_lr_keeps_the_rate(tmp_path):
+    """Both PPO options in one run: Adam's step count shows how many minibatches each update took."""
+    result = train(tmp_path, "--update-epochs", "4", "--target-kl", "1e-9", "--no-anneal-lr", "--eval-episodes", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    accumulator = events(tmp_path)
+    assert [value for _, value in scalars(accumulator, "train/learning_rate")] == pytest.approx([2.5e-4] * 3)
+    assert all(value > 1e-9 for _, value in scalars(accumulator, "train/approx_kl"))
+    saved = torch.load(checkpoints(tmp_path)[-1], weights_only=True)
+    # 3 updates of 2 minibatches (64 steps or 62 without reset steps, 32 a minibatch): one epoch each.
+    assert saved["optimizer"]["state"][0]["step"] == 3 * 2
+    assert saved["optimizer"]["param_groups"][0]["lr"] == 2.5e-4
 
 
 def test_ctrl_c_saves_a_loadable_checkpoint(tmp_path, standin_rom):
     command = [sys.executable, TRAINER, "--rom-path", str(standin_rom), *TINY, "--total-timesteps", "100000"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    deadline = time.time() + 90
-    for line in process.stdout:  # progress lines end in newlines when stdout is not a terminal
-        if line.startswith("update 1/") or time.time() > deadline:
-            break
-    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: to the whole process group
-    stdout, stderr = process.communicate(timeout=60)
+    process = Started(command, tmp_path)
+    process.wait_for_line("update 1/")  # progress lines end in newlines when stdout is not a terminal
+    process.signal_group(signal.SIGINT)  # as a terminal's Ctrl-C does: to the whole process group
+    stdout, stderr = process.finish(timeout=60)
     assert process.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr and "--resume" in stdout
     (path,) = checkpoints(tmp_path)
