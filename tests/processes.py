@@ -20,30 +20,28 @@ class Started:
         self.popen = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, start_new_session=True)  # signalled as a terminal would
         self.pid = self.popen.pid
-        self.stdout_lines, self.stderr_lines, self.new_lines = [], [], queue.Queue()
-        self.readers = [threading.Thread(target=self._read, args=(self.popen.stdout, self.stdout_lines), daemon=True),
-                        threading.Thread(target=self._read, args=(self.popen.stderr, self.stderr_lines), daemon=True)]
+        self.lines = {"stdout": [], "stderr": []}
+        self.new_lines = {"stdout": queue.Queue(), "stderr": queue.Queue()}
+        self.readers = [threading.Thread(target=self._read, args=(name,), daemon=True) for name in self.lines]
         for reader in self.readers:
             reader.start()
 
-    def _read(self, pipe, lines):
-        for line in pipe:
-            lines.append(line)
-            if lines is self.stdout_lines:
-                self.new_lines.put(line)
-        if lines is self.stdout_lines:
-            self.new_lines.put(None)  # the end of stdout
+    def _read(self, name):
+        for line in getattr(self.popen, name):
+            self.lines[name].append(line)
+            self.new_lines[name].put(line)
+        self.new_lines[name].put(None)  # the end
 
     @property
     def returncode(self):
         return self.popen.returncode
 
-    def wait_for_line(self, prefix: str, timeout: float = 90) -> str:
-        """The next stdout line starting with `prefix`; fails the test after `timeout` seconds or at exit."""
+    def wait_for_line(self, prefix: str, timeout: float = 90, stream: str = "stdout") -> str:
+        """The next line of `stream` starting with `prefix`; fails the test after `timeout` seconds or at exit."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self.new_lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                line = self.new_lines[stream].get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 self.kill()
                 raise AssertionError(f"no line starting {prefix!r} within {timeout} s") from None
@@ -76,10 +74,10 @@ class Started:
         self.popen.wait(timeout=30)
 
     def stdout(self) -> str:
-        return "".join(self.stdout_lines)
+        return "".join(self.lines["stdout"])
 
     def stderr(self) -> str:
-        return "".join(self.stderr_lines)
+        return "".join(self.lines["stderr"])
 
 
 def processes_in(cwd, settle: float = 0.5) -> list:

@@ -53,6 +53,20 @@ def test_speedup_checks_out_a_commit_and_times_backends_in_turn(tmp_path):
     committed = __import__("subprocess").run(["git", "-C", speedup.ROOT, "show", "HEAD:ppo_pokemon.py"],
                                              capture_output=True, text=True, check=True).stdout
     assert (Path(folder) / "ppo_pokemon.py").read_text() == committed
-    make = lambda: pokemon_env.make_vector_env({"rom_path": throughput.ROM}, 4, "serial")  # noqa: E731
-    rates = speedup.collection_rates({"old": make(), "new": make()}, windows=2, window_steps=5)
+    turns = []
+
+    class Recorded:
+        """A real vector env that notes whose turn each step was."""
+
+        def __init__(self, name):
+            self.name, self.envs = name, pokemon_env.make_vector_env({"rom_path": throughput.ROM}, 4, "serial")
+            self.num_envs, self.reset, self.close = self.envs.num_envs, self.envs.reset, self.envs.close
+
+        def step(self, actions):
+            turns.append(self.name)
+            return self.envs.step(actions)
+
+    rates = speedup.collection_rates({"old": Recorded("old"), "new": Recorded("new")}, windows=3, window_steps=5)
     assert set(rates) == {"old", "new"} and min(rates.values()) > 0
+    windows = [turns[i : i + 5] for i in range(0, len(turns), 5)]
+    assert windows == [["old"] * 5, ["new"] * 5, ["new"] * 5, ["old"] * 5, ["old"] * 5, ["new"] * 5]

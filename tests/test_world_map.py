@@ -8,7 +8,7 @@ import standin_play
 from pyboy.plugins.game_wrapper_pokemon_gen1_constants import MAPS as PYBOY_MAP_IDS
 
 import pokemon_env
-from pokemon_env import ACTIONS, LEGEND_HEIGHT, NO_MAP, NOT_VISITED, colour_share
+from pokemon_env import ACTIONS, LABEL, LEGEND_HEIGHT, NO_MAP, NOT_VISITED, colour_share
 
 SCRIPT = pokemon_env.WORLD_MAP_FILE.parent / "tools" / "derive_world_map.py"
 spec = importlib.util.spec_from_file_location("derive_world_map", SCRIPT)
@@ -174,3 +174,96 @@ def test_heatmap_counts_episodes_per_tile_and_keeps_panels_in_place(standin_rom)
 
     many = {m: np.ones((256, 256), np.int32) for m in range(30)}
     assert pokemon_env.render_heatmap(many, 1, world).shape[1] <= 700  # 6 panels to a row
+
+
+# ----- Pokemon Red's world map, drawn without the ROM: synthetic visits on every map -----
+
+UNKNOWN_MAP = 0x0B  # an id Pokemon Red leaves unused: world_map.json knows no such map
+
+
+@pytest.fixture(scope="module")
+def red(tmp_path_factory):
+    """Red's world (no ROM needed), visits on three tiles of every map (two corners and the middle) and
+    of a map it does not know, their layout and the world map drawn from them."""
+    rom = tmp_path_factory.mktemp("red") / "red.gb"
+    rom.write_bytes(b"\0" * 0x134 + b"POKEMON RED" + b"\0" * 0x100)
+    world = pokemon_env.load_world(rom)
+    visits = {}
+    for map_id, entry in [*world["maps"].items(), (UNKNOWN_MAP, {"height": 6, "width": 5})]:
+        grid = np.zeros((256, 256), np.int32)
+        h, w = entry["height"], entry["width"]
+        grid[0, 0], grid[h - 1, w - 1], grid[h // 2, w // 2] = 1, 2, 3
+        visits[map_id] = grid
+    return world, visits, pokemon_env.world_layout(visits, world), pokemon_env.render_world_map(visits, 3, world)
+
+
+def is_label(pixels) -> np.ndarray:
+    return np.abs(pixels.astype(int) - LABEL).max(axis=-1) <= 10
+
+
+def is_line(pixels) -> np.ndarray:
+    """Grey and bright: the label colour, anti-aliased over grey (no map, not visited), never a visit's."""
+    pixels = pixels.astype(int)
+    return (pixels.max(axis=-1) - pixels.min(axis=-1) <= 3) & (pixels.min(axis=-1) >= 150)
+
+
+def test_every_map_is_placed_outdoor_maps_where_the_world_puts_them(red):
+    world, visits, layout, _ = red
+    assert world["name"] == "pokemon_red" and UNKNOWN_MAP not in world["maps"]
+    assert set(layout["places"]) == set(visits)
+    outdoor = {map_id: m for map_id, m in world["maps"].items() if "x" in m}
+    margin = layout["places"][0x00][0] - outdoor[0x00]["y"]  # Pallet Town
+    for map_id, m in outdoor.items():
+        assert layout["places"][map_id] == (margin + m["y"], margin + m["x"], m["height"], m["width"])
+    assert UNKNOWN_MAP not in layout["doors"] and layout["places"][UNKNOWN_MAP][2:] == (6, 5)  # as far as visited
+
+
+def test_insets_cover_no_visited_tile_no_door_and_no_other_inset(red):
+    world, visits, layout, _ = red
+    height, width = layout["size"]
+    insets = {map_id: place for map_id, place in layout["places"].items() if "x" not in world["maps"].get(map_id, {})}
+    assert len(insets) > 150
+    covered = np.zeros((height + 2, width + 2), int)  # with a step around each inset
+    for top, left, h, w in insets.values():
+        assert top >= 0 and left >= 0 and top + h <= height and left + w <= width
+        covered[top : top + h + 2, left : left + w + 2] += 1
+    inside = np.zeros((height, width), int)
+    for top, left, h, w in insets.values():
+        inside[top : top + h, left : left + w] += 1
+        assert covered[top + 1 : top + h + 1, left + 1 : left + w + 1].max() == 1  # a step from any other
+    for map_id, (top, left, h, w) in layout["places"].items():
+        if map_id not in insets:
+            ys, xs = np.nonzero(visits[map_id][:h, :w])
+            assert not inside[top + ys, left + xs].any(), world["maps"][map_id]["name"]
+    assert all(inside[door] == 0 for door in layout["doors"].values())
+
+
+def test_the_image_has_its_size_outlines_and_door_lines(red):
+    world, visits, layout, image = red
+    height, width = layout["size"]
+    scale = 2  # Red's world is 410 x 390 steps: 2 pixels a step within 900
+    assert image.shape == (LEGEND_HEIGHT + height * scale, width * scale, 3) and image.dtype == np.uint8
+    canvas = image[LEGEND_HEIGHT:]
+    for map_id, (top, left, h, w) in layout["places"].items():
+        if "x" in world["maps"].get(map_id, {}):
+            continue
+        y0, x0, y1, x1 = top * scale - 1, left * scale - 1, (top + h) * scale, (left + w) * scale
+        for y, x in [(y0, x0), (y0, x1), (y1, x0), (y1, x1)]:  # an outlined inset
+            if 0 <= y < canvas.shape[0] and 0 <= x < canvas.shape[1]:
+                assert is_label(canvas[y, x]), map_id
+        if map_id not in layout["doors"]:
+            continue
+        door_y, door_x = layout["doors"][map_id]
+        assert is_label(canvas[door_y * scale - 1, door_x * scale - 1])  # the door, outlined
+        start = np.array([door_y * scale + scale // 2, door_x * scale + scale // 2])
+        end = np.clip(start, (y0, x0), (y1, x1))  # the nearest point of the inset's outline
+        points = [np.round(start + (end - start) * t).astype(int) for t in np.linspace(0, 1, 8)]
+        assert all(is_line(canvas[y - 1 : y + 2, x - 1 : x + 2]).any() for y, x in points), map_id  # the line
+
+
+def test_heatmap_of_every_map_has_a_panel_each(red):
+    world, visits, _, _ = red
+    image = pokemon_env.render_heatmap(visits, 3, world)
+    rows = -(-len(visits) // 6)
+    assert image.shape == (LEGEND_HEIGHT + rows * (14 + 100 + 6), 6 + 6 * 106, 3)
+    assert (image == NO_MAP).all(axis=2).any()
