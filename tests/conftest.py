@@ -11,12 +11,13 @@ sys.path.insert(0, str(ROOT))  # the scripts live at the top of the repository, 
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked real_rom run only when POKEMON_RED_ROM points at the user's ROM."""
-    if os.environ.get("POKEMON_RED_ROM"):
-        return
+    """Tests that need test_play.py's trained checkpoint (a training run in a subprocess) are slow; tests
+    marked real_rom run only when POKEMON_RED_ROM points at the user's ROM."""
     skip = pytest.mark.skip(reason="set POKEMON_RED_ROM=path/to/pokemon_red.gb to run")
     for item in items:
-        if "real_rom" in item.keywords:
+        if "trained" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+        if "real_rom" in item.keywords and not os.environ.get("POKEMON_RED_ROM"):
             item.add_marker(skip)
 
 

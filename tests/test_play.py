@@ -1,7 +1,8 @@
 """play_pokemon.py on the stand-in cartridge, from the checkpoint of a tiny training run.
 
 The successful runs are subprocesses, as a user runs the script; being independent, they start
-together (as many at a time as there are cores) and the tests read their results. Most refusals
+together (as many at a time as there are cores) and the tests read their results. Every test that
+needs the trained checkpoint is marked slow (tests/conftest.py). Most refusals
 call main() in this process (the same code path, without a fresh interpreter each); one runs as a
 subprocess to check the exit status and a clean stderr.
 """
@@ -22,8 +23,6 @@ from PIL import Image
 from processes import Started
 
 import pokemon_env
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN_ROM = ROOT / "roms" / "standin.gb"
@@ -382,6 +381,7 @@ def test_refusal_from_the_command_line(bad_inputs):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["play_pokemon.py", "ppo_pokemon.py"])
 def test_help_gives_one_default_per_flag(script):
     result = subprocess.run([sys.executable, str(Path(PLAYER).parent / script), "--help"], capture_output=True,

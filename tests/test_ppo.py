@@ -152,6 +152,24 @@ def test_ppo_loss_kl_is_zero_on_policy_and_positive_off_it():
     assert kl.item() > 0
 
 
+def test_ppo_loss_standardises_the_advantages_by_default():
+    """norm_adv (the default): the surrogate sees (A - mean) / std, so shifting and scaling A changes nothing."""
+    assert Args().norm_adv
+    ratio, advantages = torch.tensor([1.3, 0.9, 1.0, 1.05]), torch.tensor([1.0, 2.0, 3.0, 6.0])
+    n = len(ratio)
+
+    def pg_loss(advantages, norm_adv):
+        return ppo_loss(ratio.log(), torch.zeros(n), torch.zeros(n), torch.zeros(n), advantages, torch.zeros(n),
+                        torch.zeros(n), 0.2, True, norm_adv)[0].item()
+
+    standardised = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    expected = torch.max(-standardised * ratio, -standardised * ratio.clamp(0.8, 1.2)).mean().item()
+    assert pg_loss(advantages, True) == pytest.approx(expected)
+    assert pg_loss(10 * advantages + 5, True) == pytest.approx(expected, rel=1e-5)
+    assert pg_loss(advantages, False) != pytest.approx(expected)
+    assert pg_loss(advantages[:1], True) == pg_loss(advantages[:1], False)  # one sample: nothing to standardise
+
+
 # ----- Agent -----
 
 
@@ -261,6 +279,23 @@ def test_defaults_match_the_design():
 def test_impossible_arguments_are_refused(changes, message, any_rom):
     args = ppo_pokemon.args_from_flat({**ppo_pokemon.flat_args(Args()), "rom_path": any_rom, **changes})
     assert message in ppo_pokemon.check_args(args, physical_cores=2)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(num_envs=3, batch_size=6, minibatch_size=2), "--num-envs (3) must be divisible by the 2 ranks"),
+        (dict(minibatch_size=1), "--minibatch-size (1) must be divisible by the 2 ranks"),
+        (dict(num_envs=12, batch_size=2040, minibatch_size=8, vec_backend="multiprocessing", num_workers=4),
+         "--num-envs per rank (6) must be divisible by --num-workers (4)"),
+        (dict(num_envs=8, vec_backend="multiprocessing", num_workers=3), "--num-envs per rank (4) must be divisible by --num-workers (3)"),
+    ],
+)
+def test_arguments_that_do_not_share_out_over_two_ranks_are_refused(changes, message, any_rom):
+    args = ppo_pokemon.args_from_flat({**ppo_pokemon.flat_args(Args()), "rom_path": any_rom, **changes})
+    assert ppo_pokemon.check_args(args, physical_cores=8, world_size=2) == message
+    assert ppo_pokemon.check_args(dataclasses.replace(args, num_envs=8, batch_size=2048, minibatch_size=256,
+                                                      num_workers=2), physical_cores=8, world_size=2) is None
 
 
 def test_default_arguments_pass_and_backend_choice(any_rom):
