@@ -54,15 +54,17 @@ import warnings
 from dataclasses import dataclass
 from typing import Annotated, Optional, TypeVar
 
-# ppo_pokemon first: it silences dependencies' import-time notices, keeping stderr for our messages.
-from ppo_pokemon import Agent, CheckpointError, load_checkpoint, newest_checkpoint  # isort: skip
+# Import-time notices from dependencies, not for our users: keep stderr for our own messages.
+warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
+warnings.filterwarnings("ignore", message="Using SDL2 binaries")
 
-import cv2
-import numpy as np
-import torch
-import tyro
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import tyro  # noqa: E402
 
-import pokemon_env
+import pokemon_env  # noqa: E402
+from ppo_pokemon import agent_from_checkpoint, choose_action, load_checkpoint, write_atomically  # noqa: E402
 
 T = TypeVar("T")
 
@@ -186,26 +188,23 @@ def cannot_write(path: str) -> Optional[str]:
     return None
 
 
-def find_checkpoint(where: Optional[str]) -> str:
-    """The checkpoint to play: the given file, or the newest .pt (by modification time) under a folder."""
-    if where is not None and not os.path.isdir(where):
-        return where  # load_checkpoint says if it is missing
-    folder = where if where is not None else "checkpoints"
-    path = newest_checkpoint(folder)  # the trainer's --resume FOLDER takes the same one
-    if path is None:
-        hint = "" if where is not None else " (train one with ppo_pokemon.py, or give --checkpoint PATH)"
-        raise PlayError(f"no checkpoint found: no *.pt under {folder}/{hint}")
-    return path
+def find_checkpoint(where: Optional[str]) -> tuple[str, dict]:
+    """(file, checkpoint): the given file, or the newest .pt (by modification time) under a folder, as the
+    trainer's --resume takes it; by default under checkpoints/."""
+    try:
+        return load_checkpoint(where or "checkpoints")
+    except ValueError as e:  # the trainer's CheckpointError
+        if where is None and (not os.path.isdir("checkpoints") or str(e).startswith("no checkpoint found")):
+            e = "no checkpoint found: no *.pt under checkpoints/ (train one with ppo_pokemon.py, or give --checkpoint PATH)"
+        raise PlayError(str(e)) from None
 
 
 def env_settings(checkpoint: dict, args: Args) -> dict:
-    """PokemonRedEnv keyword arguments: the checkpoint's, with the command line's overrides."""
-    if not isinstance(checkpoint.get("env_kwargs"), dict) or "obs_shape" not in checkpoint:
-        raise PlayError("checkpoint lacks its environment settings (env_kwargs, obs_shape)")
-    try:
-        settings = pokemon_env.EnvSettings(**checkpoint["env_kwargs"])
-    except TypeError as e:  # a setting this pokemon_env.py does not know
-        raise PlayError(f"the checkpoint's environment settings do not fit pokemon_env.py: {e}") from None
+    """PokemonRedEnv keyword arguments: the checkpoint's (among its flat args), with the command line's overrides."""
+    names = [field.name for field in dataclasses.fields(pokemon_env.EnvSettings)]
+    if not isinstance(checkpoint.get("args"), dict) or "obs_shape" not in checkpoint or "rom_path" not in checkpoint["args"]:
+        raise PlayError("checkpoint lacks its environment settings (args, obs_shape)")
+    settings = pokemon_env.EnvSettings(**{name: checkpoint["args"][name] for name in names if name in checkpoint["args"]})
     overrides = {"rom_path": args.rom_path, "init_state": args.init_state, "max_steps": args.max_steps}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     if args.init_state == ["boot"]:
@@ -238,7 +237,7 @@ def make_env(env_kwargs: dict, render: bool) -> "pokemon_env.PokemonRedEnv":
         except Exception as e:
             if not render:
                 raise
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]  # SDL's, in PyBoy's window
+            reason = pokemon_env.first_line(e)  # SDL's, in PyBoy's window
             raise PlayError(f"cannot open the Game Boy window: {reason} (no display?)") from None
     for warning in caught:
         if issubclass(warning.category, pokemon_env.UnknownRomWarning):
@@ -246,32 +245,6 @@ def make_env(env_kwargs: dict, render: bool) -> "pokemon_env.PokemonRedEnv":
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     return env
-
-
-def build_agent(checkpoint: dict, obs_shape: tuple, num_actions: int, device) -> Agent:
-    """The trained agent, after checking that it fits the env's observations and buttons."""
-    trained_shape = tuple(checkpoint["obs_shape"])
-    if trained_shape != obs_shape:
-        raise PlayError(f"checkpoint observations are {trained_shape}, this env gives {obs_shape}")
-    if int(checkpoint.get("num_actions", num_actions)) != num_actions:
-        raise PlayError(f"checkpoint has {checkpoint['num_actions']} actions, this env has {num_actions}")
-    agent = Agent(obs_shape, num_actions)
-    try:
-        agent.load_state_dict(checkpoint["model"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise PlayError(f"checkpoint does not fit the agent: {reason}") from None
-    return agent.to(device).eval()
-
-
-def choose_action(agent: Agent, obs: np.ndarray, greedy: bool, device) -> int:
-    with torch.no_grad():
-        x = torch.as_tensor(obs, device=device)[None]
-        if not greedy:
-            action, _, _, _ = agent.get_action_and_value(x)  # sampled, exactly as in training
-            return int(action.item())
-        logits = agent.actor(agent.hidden(x))  # as in Agent.get_action_and_value
-        return int(logits.argmax(dim=1).item())  # the most likely action
 
 
 class GifWriter:
@@ -385,12 +358,11 @@ class StateSaver:
             map_name = re.sub(r"[^A-Za-z0-9]+", "_", map_name).strip("_")  # a file name, inside the folder
             episode = f"ep{self.episode:0{self.episode_digits}d}"
             path = os.path.join(self.folder, f"{episode}_step{env.steps:06d}_{map_name}_badges{badges}.state")
-            env.save_state(path + ".tmp")  # then renamed: a folder of states never holds half of one
-            os.replace(path + ".tmp", path)
+            write_atomically(path, env.pyboy.save_state)  # a folder of states never holds half of one
             self.paths.append(path)
 
 
-def play_episode(env, agent, seed: int, greedy: bool, device, recorder: Optional[Recorder],
+def play_episode(env, agent, seed: int, greedy: bool, recorder: Optional[Recorder],
                  visit_counts: Optional[dict] = None, saver: Optional[StateSaver] = None,
                  episode: int = 1) -> dict:
     """One episode to its end; returns the env's end-of-episode statistics plus action counts.
@@ -405,7 +377,7 @@ def play_episode(env, agent, seed: int, greedy: bool, device, recorder: Optional
     action_counts = dict.fromkeys(pokemon_env.ACTIONS, 0)
     episode_return, episode_length = 0.0, 0
     while True:
-        action = choose_action(agent, next_obs, greedy, device)
+        action = choose_action(agent, next_obs, greedy)
         next_obs, reward, terminated, truncated, info = env.step(action)
         action_counts[pokemon_env.ACTIONS[action]] += 1
         episode_return += float(reward)
@@ -416,13 +388,9 @@ def play_episode(env, agent, seed: int, greedy: bool, device, recorder: Optional
             saver.after_step(env)
         if terminated or truncated:
             break
-    result = {"episode_return": episode_return, "episode_length": episode_length}
     if visit_counts is not None:
         pokemon_env.add_visits(visit_counts, info["visited_tiles"])
-    for key, value in info.items():  # the env's statistics, scalars only (not the visited tiles)
-        if np.ndim(value) == 0:
-            value = value.item() if isinstance(value, np.generic) else value
-            result[key] = int(value) if isinstance(value, (bool, np.bool_)) else value
+    result = {"episode_return": episode_return, "episode_length": episode_length, **pokemon_env.episode_stats(info)}
     result["action_counts"] = action_counts
     return result
 
@@ -461,29 +429,15 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str, report: dict):
-    """Atomically, so a comparison script never reads half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    with open(tmp_path, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.replace(tmp_path, path)
-
-
 def main(argv=None):
     args = tyro.cli(Args, args=argv)
     problem = check_args(args)
     if problem:
         fail(problem)
     try:
-        checkpoint_path = find_checkpoint(args.checkpoint)
+        checkpoint_path, checkpoint = find_checkpoint(args.checkpoint)
         if args.checkpoint is None or os.path.isdir(args.checkpoint):
             print(f"checkpoint: {checkpoint_path} (the newest)")
-        try:
-            checkpoint = load_checkpoint(checkpoint_path)
-        except CheckpointError as e:
-            raise PlayError(str(e)) from None
         env_kwargs = env_settings(checkpoint, args)
     except PlayError as e:
         fail(str(e))
@@ -496,11 +450,10 @@ def main(argv=None):
     try:
         env = make_env(env_kwargs, args.render)
         try:
-            obs_shape, num_actions = tuple(env.observation_space.shape), int(env.action_space.n)
-            agent = build_agent(checkpoint, obs_shape, num_actions, device)
-        except PlayError:
+            agent = agent_from_checkpoint(checkpoint, env.observation_space.shape, int(env.action_space.n)).to(device)
+        except ValueError as e:  # the trainer's CheckpointError: the agent does not fit this env
             env.close()
-            raise
+            raise PlayError(str(e)) from None
     except PlayError as e:
         fail(str(e))
     rom_path, rom_sha1 = env_kwargs["rom_path"], env.rom_sha1
@@ -517,7 +470,7 @@ def main(argv=None):
             recorder = Recorder(args.record, fps)
         except Exception as e:
             env.close()
-            fail(f"cannot record to {args.record}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+            fail(f"cannot record to {args.record}: {pokemon_env.first_line(e)}")
 
     mode = "greedy" if args.greedy else "sampled"
     print(f"run {checkpoint.get('run_name', '?')}, update {checkpoint.get('update', '?')}, "
@@ -528,13 +481,12 @@ def main(argv=None):
     results, interrupted, start = [], False, time.time()
     visit_counts = {} if args.world_map is not None else None
     saver = None if args.save_states is None else StateSaver(
-        args.save_states, args.save_every, pokemon_env.load_world(rom_path), args.episodes)
+        args.save_states, args.save_every, pokemon_env.load_world(env.rom), args.episodes)
     try:
         for episode in range(args.episodes):
             seed = args.seed + episode
             result = {"episode": episode + 1, "seed": seed}
-            result.update(play_episode(env, agent, seed, args.greedy, device, recorder, visit_counts,
-                                       saver, episode + 1))
+            result.update(play_episode(env, agent, seed, args.greedy, recorder, visit_counts, saver, episode + 1))
             results.append(result)
             print(episode_line(episode + 1, args.episodes, result), flush=True)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (see below)
@@ -555,13 +507,13 @@ def main(argv=None):
     if recorder is not None and recorder.frames:
         print(f"recording: {args.record} ({recorder.frames} frames at {recorder.fps:g} fps)")
     if visit_counts:
-        image = pokemon_env.render_world_map(visit_counts, len(results), pokemon_env.load_world(rom_path))
+        image = pokemon_env.render_world_map(visit_counts, len(results), pokemon_env.load_world(env.rom))
         cv2.imwrite(args.world_map, image[..., ::-1])  # RGB to OpenCV's BGR
         print(f"world map: {args.world_map}")
     if saver is not None:
         print(f"saved states: {len(saver.paths)} in {args.save_states} (use it as --init-state)")
-    if args.json is not None:
-        write_json(args.json, {
+    if args.json is not None:  # atomically: a comparison script never reads half a file
+        write_atomically(args.json, lambda f: f.write(json.dumps({
             "checkpoint": checkpoint_path,
             "run_name": checkpoint.get("run_name"),
             "update": checkpoint.get("update"),
@@ -580,7 +532,7 @@ def main(argv=None):
             "recording": None if recorder is None else
             {"path": args.record, "fps": recorder.fps, "frames": recorder.frames},
             "saved_states": None if saver is None else saver.paths,
-        })
+        }, indent=2).encode() + b"\n"))
         print(f"results: {args.json}")
     if interrupted:
         sys.exit(128 + interrupted)

@@ -1,17 +1,22 @@
-"""Pokemon Red as a Gymnasium environment on the PyBoy Game Boy emulator, plus the PufferLib glue.
+"""Pokemon Red as a Gymnasium environment on the PyBoy Game Boy emulator, and the envs stepped together.
 
 One step presses one of the 8 buttons for a few frames, releases it and runs `frame_skip` frames
 in all, rendering only the last. The agent sees the last `frame_stack` screens, downscaled to
-`obs_height` x `obs_width` grayscale, newest last. Rewards come from the game's RAM (addresses in
-shared/pokered-ram.md): new badges, new (map, x, y) tiles, party levels gained, new event flags,
-new Pokedex entries, healing outside battle, and a penalty per blackout. Episodes end only by
-truncation after `max_steps` steps.
+`obs_height` x `obs_width` grayscale, newest last. Rewards come from the game's RAM (addresses as
+pret/pokered's ram/wram.asm names them): new badges, new (map, x, y) tiles, party levels gained, new
+event flags, new Pokedex entries, healing outside battle, and a penalty per blackout. Episodes end
+only by truncation after `max_steps` steps. Without `init_state`, the environment boots the ROM and
+drives the new-game intro itself by reading the game's RAM, then restores that start state from memory
+on every reset.
 
-Without `init_state`, the environment boots the ROM and drives the new-game intro itself by
-reading the game's RAM, then restores that start state from memory on every reset.
-
-The pictures of where episodes went (per-map panels, the world map) live here too, being game
-knowledge: the trainer and the player only call them. Map positions come from world_map.json.
+The file, part by part (each under a banner):
+- The game: RAM addresses, the ROMs we know, the intro driver (`load_rom`, `drive_intro`).
+- The environment: its settings, declared once (`EnvSettings`), and `PokemonRedEnv`.
+- Where the agents went: per-map panels and the world map (`render_heatmap`, `render_world_map`),
+  game knowledge the trainer and the player only call; map positions come from world_map.json.
+- Envs stepped together: `make_vector_env` (PufferLib's vector API: PufferLib's Serial where it is
+  installed, else ours; our `Multiprocessing`, whose workers sleep while they wait) and `EnvGroups`,
+  envs in groups that take turns with the policy.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 # PufferLib first: it hides the import notice of the unmaintained gym package it depends on. It has
 # wheels for Linux x86-64 with Python 3.11 only; elsewhere our Serial and Multiprocessing stand in.
@@ -57,13 +63,16 @@ from pyboy.plugins.game_wrapper_pokemon_gen1_constants import (
     PARTY_SPECIES_ADDRESS,
 )
 
+# ----- The game: RAM addresses, the ROMs we know, the intro driver -----
+
 ACTIONS = ["a", "b", "up", "down", "left", "right", "start", "select"]  # PyBoy's button names
 
 RED_SHA1 = "ea9bcae617fdf159b045185467ae58b2e4a48b9a"
 KNOWN_ROMS = {RED_SHA1: "Pokemon Red", "d7037c83e1ae5b39bde3c30787637ba1d4c48ce2": "Pokemon Blue"}
 STANDIN_TITLE = "STANDIN"  # our own test cartridge, rebuilt often, so known by title, not hash
 
-# Work RAM (shared/pokered-ram.md). Multi-byte HP values are big-endian.
+# Work RAM: wCurMap, wYCoord, wXCoord, wIsInBattle, wPokedexOwned/Seen, the party structs (pret/pokered
+# ram/wram.asm, macros/ram.asm). Multi-byte HP values are big-endian.
 MAP_ID, Y_COORD, X_COORD = 0xD35E, 0xD361, 0xD362
 IS_IN_BATTLE = 0xD057  # 0 none, 1 wild, 2 trainer, $FF lost
 POKEDEX_OWNED, POKEDEX_SEEN, POKEDEX_BYTES = 0xD2F7, 0xD30A, 19
@@ -115,8 +124,15 @@ class UnknownRomWarning(UserWarning):
     """A valid Game Boy ROM that is neither Pokemon Red/Blue nor the stand-in cartridge."""
 
 
-def load_rom(rom_path) -> tuple[bytes, str]:
-    """Read and check a ROM file; return its bytes and a name for it. Warns on unknown ROMs."""
+class Rom(NamedTuple):
+    data: bytes
+    name: str  # "Pokemon Red", "stand-in cartridge", or the header's title
+    sha1: str
+    title: str  # the header's
+
+
+def load_rom(rom_path) -> Rom:
+    """Read and check a ROM file. Warns once per process (the first time) on a ROM we do not know."""
     path = Path(rom_path)
     if not path.is_file():
         raise RomError(
@@ -136,15 +152,13 @@ def load_rom(rom_path) -> tuple[bytes, str]:
     sha1 = hashlib.sha1(rom).hexdigest()
     title = rom[0x134:0x144].split(b"\0")[0].decode("ascii", "replace").strip()
     if sha1 in KNOWN_ROMS:
-        return rom, KNOWN_ROMS[sha1]
+        return Rom(rom, KNOWN_ROMS[sha1], sha1, title)
     if title == STANDIN_TITLE:
-        return rom, "stand-in cartridge"
-    warnings.warn(
-        f"{path} ({title!r}, SHA-1 {sha1}) is not Pokemon Red or Blue: RAM addresses may not match",
-        UnknownRomWarning,
-        stacklevel=2,
-    )
-    return rom, title
+        return Rom(rom, "stand-in cartridge", sha1, title)
+    # From this line, whoever calls: Python's default filter then shows it once per process.
+    message = f"{path} ({title!r}, SHA-1 {sha1}) is not Pokemon Red or Blue: RAM addresses may not match"
+    warnings.warn(message, UnknownRomWarning, stacklevel=1)
+    return Rom(rom, title, sha1, title)
 
 
 def player_in_control(memory) -> bool:
@@ -224,8 +238,22 @@ def drive_intro(pyboy: PyBoy, frame_budget: int = INTRO_FRAME_BUDGET) -> int:
     )
 
 
+def episode_stats(info: dict) -> dict:
+    """An episode's statistics from its last info: the scalars (visited_tiles left out), as plain numbers."""
+    return {key: value.item() if isinstance(value, np.generic) else value
+            for key, value in info.items() if np.ndim(value) == 0}
+
+
 def _bits(data) -> int:
     return int.from_bytes(bytes(data), "little")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message in one line (its first), or its type's name when it has none."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# ----- The environment: its settings, declared once, and PokemonRedEnv -----
 
 
 @dataclass
@@ -308,9 +336,19 @@ class EnvSettings:
         return None
 
 
-# Start states the intro driver reached, by ROM SHA-1: later envs in this process, and worker
-# processes forked from it, skip the intro.
-_booted_start_states: dict[str, bytes] = {}
+# Start states the intro driver reached, by ROM SHA-1: later envs in this process, and the workers it hands
+# them to (booted_start_states, add_booted_start_states), skip the intro.
+_BOOTED: dict[str, bytes] = {}
+
+
+def booted_start_states() -> dict[str, bytes]:
+    """The start states the intro driver has reached in this process, by ROM SHA-1."""
+    return dict(_BOOTED)
+
+
+def add_booted_start_states(states: dict[str, bytes]) -> None:
+    """Start states booted elsewhere (in the process that started this one): envs made here use them."""
+    _BOOTED.update(states)
 
 
 class PokemonRedEnv(gymnasium.Env):
@@ -351,11 +389,11 @@ class PokemonRedEnv(gymnasium.Env):
         self.action_space = gymnasium.spaces.Discrete(len(ACTIONS))
         self.frames = np.zeros(self.observation_space.shape, np.uint8)
 
-        rom, self.rom_name = load_rom(s.rom_path)
-        self.rom_sha1 = hashlib.sha1(rom).hexdigest()
+        self.rom = load_rom(s.rom_path)
+        self.rom_name, self.rom_sha1 = self.rom.name, self.rom.sha1
         # The ROM goes in as bytes: PyBoy then neither reads nor writes a .ram beside the user's file.
         self.pyboy = PyBoy(
-            io.BytesIO(rom),
+            io.BytesIO(self.rom.data),
             window="SDL2" if render_mode == "human" else "null",
             sound_emulated=False,
             cgb=False,  # Game Boy (DMG) mode, as the game was made for: a gray palette
@@ -367,10 +405,10 @@ class PokemonRedEnv(gymnasium.Env):
             if files is not None:
                 self.start_states = [self._load_init_state(path) for path in files]
             else:
-                if self.rom_sha1 not in _booted_start_states:
+                if self.rom_sha1 not in _BOOTED:
                     drive_intro(self.pyboy, intro_frame_budget)
-                    _booted_start_states[self.rom_sha1] = self._save_state()
-                self.start_states = [_booted_start_states[self.rom_sha1]]
+                    _BOOTED[self.rom_sha1] = self._save_state()
+                self.start_states = [_BOOTED[self.rom_sha1]]
         except Exception:
             self.pyboy.stop(save=False)
             raise
@@ -653,15 +691,13 @@ def _worlds() -> dict:
     return json.loads(WORLD_MAP_FILE.read_text())["worlds"]
 
 
-def load_world(rom_path) -> dict:
+def load_world(rom: Rom) -> dict:
     """The world of the game in this ROM (world_map.json): the stand-in cartridge's own, else Pokemon Red's.
 
     Returns {"name", "source", "connections", "maps": {map id: {"name", "width", "height", and "x", "y"
     for an outdoor map or "door": [outdoor map id, x, y] and "via" for an indoor one}}}.
     """
-    with open(rom_path, "rb") as f:
-        title = f.read(0x144)[0x134:].split(b"\0")[0].decode("ascii", "replace")
-    name = "standin" if title == STANDIN_TITLE else "pokemon_red"
+    name = "standin" if rom.title == STANDIN_TITLE else "pokemon_red"
     world = _worlds()[name]
     return {**world, "name": name, "maps": {m["id"]: m for m in world["maps"]}}
 
@@ -826,6 +862,9 @@ def _free_spot(taken, on_map, size, anchor) -> tuple[int, int]:
     return int(top), int(left)
 
 
+# ----- Envs stepped together: PufferLib's vector API on our backends or PufferLib's, and groups of them -----
+
+
 def make_env(**env_kwargs):
     """PufferLib creator: `pufferlib.vector.make(make_env, env_kwargs=..., backend=...)`; without
     PufferLib, the env itself."""
@@ -853,6 +892,64 @@ def make_vector_env(env_kwargs: dict, num_envs: int, backend: str, num_workers: 
                                      num_envs=num_envs, **worker_kwargs)
     return vector_backend([make_env] * num_envs, [[]] * num_envs, [env_kwargs] * num_envs, num_envs,
                           **worker_kwargs)
+
+
+class EnvGroups:
+    """Envs in groups (of workers) that take turns with the policy: while it chooses one group's actions, the
+    other group's emulators run. `groups` lists each group's rows among the envs.
+
+    send(actions, rows, results) steps the group of those rows; recv(rows) waits for that group's step if
+    one is on its way and writes what it returned where its send said: results are (observations, dones,
+    rewards, terminations, truncations, episode infos), arrays over all envs of which the group's rows are
+    filled, and a list that the finished episodes' infos are added to. recv() waits for every group.
+    """
+
+    def __init__(self, env_kwargs: dict, num_envs: int, backend: str, num_workers: int | None = None,
+                 groups: int = 1):
+        workers = [num_workers // groups + (g < num_workers % groups) for g in range(groups)] if num_workers else [None]
+        self.vector_envs, self.groups, self.on_the_way, self.wait_seconds = [], [], [], 0.0
+        try:
+            for group_workers in workers:
+                first = self.groups[-1].stop if self.groups else 0
+                size = num_envs * (group_workers or 1) // (num_workers or 1)
+                self.vector_envs.append(make_vector_env(env_kwargs, size, backend, group_workers, first))
+                self.groups.append(slice(first, first + size))
+                self.on_the_way.append(None)
+        except BaseException:
+            self.close()
+            raise
+        self.num_envs = num_envs
+        self.single_observation_space = self.vector_envs[0].single_observation_space
+        self.single_action_space = self.vector_envs[0].single_action_space
+
+    def reset(self, seed: int) -> np.ndarray:
+        """Every env's first observation; env i is reset with seed + i."""
+        return np.concatenate([envs.reset(seed=seed + rows.start)[0] for envs, rows in zip(self.vector_envs, self.groups)])
+
+    def send(self, actions, rows: slice, results: tuple):
+        group = self.groups.index(rows)
+        self.vector_envs[group].send(actions)
+        self.on_the_way[group] = results
+
+    def recv(self, rows: slice | None = None):
+        for group, (envs, group_rows) in enumerate(zip(self.vector_envs, self.groups)):
+            results = self.on_the_way[group]
+            if results is None or rows not in (None, group_rows):
+                continue
+            start = time.perf_counter()
+            step_results = envs.recv()
+            self.wait_seconds += time.perf_counter() - start
+            observations, dones, rewards, terminations, truncations, infos = results
+            observations[group_rows] = step_results[0]
+            dones[group_rows] = step_results[2] | step_results[3]
+            for array, step_result in zip((rewards, terminations, truncations), step_results[1:4]):
+                array[group_rows] = step_result
+            infos += [info for info in step_results[4] if "episode_return" in info]  # finished episodes
+            self.on_the_way[group] = None
+
+    def close(self):
+        for envs in self.vector_envs:
+            envs.close()
 
 
 class WorkerError(RuntimeError):
@@ -1000,7 +1097,7 @@ class Multiprocessing(VectorEnv):
             receive, send = context.Pipe(duplex=False)
             process = context.Process(
                 target=_worker, daemon=True, name=f"pokemon_env worker {worker}",
-                args=(worker, env_creators[rows], env_args[rows], env_kwargs[rows], dict(_booted_start_states),
+                args=(worker, env_creators[rows], env_args[rows], env_kwargs[rows], booted_start_states(),
                       memory, num_envs, self.single_observation_space, rows, shared_control, shared_seeds,
                       self.wake[worker], self.finished, send),
             )  # fmt: skip
@@ -1068,7 +1165,7 @@ def _worker(worker, env_creators, env_args, env_kwargs, start_states, memory, nu
             rows, shared_control, shared_seeds, wake, finished, pipe):
     """One worker process: make its envs, then sleep until woken, step or reset them, signal `finished`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's: it stops the workers
-    _booted_start_states.update(start_states)  # a spawned worker does not replay the intro
+    add_booted_start_states(start_states)  # a spawned worker does not replay the intro
     warnings.simplefilter("ignore", UnknownRomWarning)  # the main process has said it once
     commands, statuses = np.frombuffer(shared_control, np.uint8).reshape(2, -1)
     seed = np.frombuffer(shared_seeds, np.int64)[worker : worker + 1]
@@ -1095,8 +1192,7 @@ def _worker(worker, env_creators, env_args, env_kwargs, start_states, memory, nu
             finished.release()
         envs.close()
     except Exception as error:  # the env's own, for the main process to report in one line
-        message = (str(error).strip().splitlines() or [""])[0]
-        pipe.send(f"{type(error).__name__}: {message}" if message else type(error).__name__)
+        pipe.send(f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__)
         statuses[worker] = FAILED
         finished.release()
         sys.exit(1)

@@ -363,7 +363,7 @@ def main():
     # (5) The whole trainer at its defaults, and the bound that (3) and (4) set for it.
     trainer = trainer_run(2048 * (3 if options.quick else 6))
     results["trainer"] = trainer
-    default_backend, _ = ppo_pokemon.choose_vectorization(ppo_pokemon.Args(), 4, cores)
+    default_backend, _, _ = ppo_pokemon.choose_vectorization(ppo_pokemon.Args(), 4, cores)
     collect = max(run["steps_per_second"] for run in results["vector"]
                   if run["backend"] == default_backend and run["num_envs"] == 4 and run["policy"])
     seconds_per_step = 1 / collect + 4 / results["learner_ppo_samples_per_second"]

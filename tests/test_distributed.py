@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -36,16 +37,41 @@ def free_port() -> int:
                 continue
 
 
-def torchrun(cwd, *launcher, extra=(), timeout=180):
-    command = [*TORCHRUN, *launcher, TRAINER, "--rom-path", str(STANDIN_ROM), *SHARED, *extra]
+def torchrun(cwd, *launcher, extra=(), timeout=180, program=TRAINER):
+    command = [*TORCHRUN, *launcher, str(program), "--rom-path", str(STANDIN_ROM), *SHARED, *extra]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def keeping_every_ranks_weights(folder) -> Path:
+    """The trainer, made to write each rank's final weights to weights_rank<R>.pt as the run ends."""
+    driver = Path(folder) / "keep_weights.py"
+    driver.write_text("\n".join([
+        "import sys, torch",
+        f"sys.path.insert(0, {str(Path(TRAINER).parent)!r})",
+        "import ppo_pokemon",
+        "end_run = ppo_pokemon.Run.__exit__",
+        "def keep_weights(run, *exception):",
+        "    torch.save(run.agent.state_dict(), f'weights_rank{run.rank}.pt')",
+        "    return end_run(run, *exception)",
+        "ppo_pokemon.Run.__exit__ = keep_weights",
+        f"sys.argv[0] = {TRAINER!r}",
+        "ppo_pokemon.main()",
+    ]) + "\n")
+    return driver
+
+
+def assert_same_weights(*paths):
+    """The invariant of data-parallel PPO: every rank ends with the same weights."""
+    first, *others = [torch.load(path, weights_only=True) for path in paths]
+    for other in others:
+        assert all(torch.equal(first[name], other[name]) for name in first)
+
+
 def test_two_ranks_train_one_model_and_log_every_rank(tmp_path):
-    result = torchrun(tmp_path, "--standalone", "--nproc-per-node", "2")
+    result = torchrun(tmp_path, "--standalone", "--nproc-per-node", "2", program=keeping_every_ranks_weights(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 envs (serial) on each of 2 ranks, 3 updates of 128 steps" in result.stdout
-    assert "all 2 ranks hold the same weights" in result.stdout  # each rank's checksum, compared
+    assert_same_weights(tmp_path / "weights_rank0.pt", tmp_path / "weights_rank1.pt")
     assert result.stdout.count("done: 384 steps") == 1  # rank 0 alone prints, logs and saves
     assert [path.name for path in checkpoints(tmp_path)] == ["checkpoint_update000002.pt", "checkpoint_update000003.pt"]
     accumulator = events(tmp_path)  # one run folder
@@ -62,7 +88,8 @@ def test_two_nodes_meet_on_loopback(tmp_path):
     port = free_port()
     launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                 "--rdzv-endpoint", f"127.0.0.1:{port}"]
-    command = lambda node: [*TORCHRUN, *launcher, "--node-rank", str(node), TRAINER, "--rom-path",  # noqa: E731
+    driver = keeping_every_ranks_weights(tmp_path)
+    command = lambda node: [*TORCHRUN, *launcher, "--node-rank", str(node), str(driver), "--rom-path",  # noqa: E731
                             str(STANDIN_ROM), *SHARED, "--eval-episodes", "0"]
     nodes = [subprocess.Popen(command(node), cwd=tmp_path / f"node{node}", stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for node in (0, 1) if
@@ -70,7 +97,9 @@ def test_two_nodes_meet_on_loopback(tmp_path):
     outputs = [node.communicate(timeout=180) for node in nodes]
     for node, (stdout, stderr) in zip(nodes, outputs):
         assert node.returncode == 0, stdout + stderr
-    assert sum("all 2 ranks hold the same weights" in stdout for stdout, _ in outputs) == 1
+    assert sum("done: 384 steps" in stdout for stdout, _ in outputs) == 1  # rank 0's machine
+    assert_same_weights(*tmp_path.glob("node*/weights_rank*.pt"))
+    assert len(list(tmp_path.glob("node*/weights_rank*.pt"))) == 2
 
 
 def test_a_machine_without_the_rom_refuses_and_so_do_the_others(tmp_path):

@@ -103,7 +103,7 @@ def test_red_and_blue_play_without_the_warning(standin_rom, tmp_path, monkeypatc
     monkeypatch.setattr(pokemon_env, "KNOWN_ROMS", {**known, hashlib.sha1(rom).hexdigest(): version})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test
-        assert pokemon_env.load_rom(path)[1] == version
+        assert pokemon_env.load_rom(path).name == version
         env = PokemonRedEnv(rom_path=path, max_steps=2)
     try:
         assert env.rom_name == version
@@ -114,8 +114,9 @@ def test_red_and_blue_play_without_the_warning(standin_rom, tmp_path, monkeypatc
 
 
 def test_standin_is_recognised_without_a_warning(standin_rom, recwarn):
-    rom, name = pokemon_env.load_rom(standin_rom)
-    assert name == "stand-in cartridge" and rom == standin_rom.read_bytes()
+    rom = pokemon_env.load_rom(standin_rom)
+    assert rom.name == "stand-in cartridge" and rom.data == standin_rom.read_bytes() and rom.title == "STANDIN"
+    assert rom.sha1 == hashlib.sha1(rom.data).hexdigest()
     assert not [w for w in recwarn if issubclass(w.category, UnknownRomWarning)]
 
 

@@ -192,7 +192,7 @@ def test_world_map_shows_the_episodes_played(played):
     cwd, results = played
     assert "world map: out/world.png" in results["gif"].stdout
     assert all(episode["maps_visited"] == 1 for episode in read_json(cwd, "gif.json")["episodes"])
-    world = pokemon_env.load_world(STANDIN_ROM)
+    world = pokemon_env.load_world(pokemon_env.load_rom(STANDIN_ROM))
     layout = pokemon_env.world_layout({0x26: np.ones((256, 256), np.int32)}, world)
     expected = pokemon_env.render_world_map({0x26: np.ones((256, 256), np.int32)}, 1, world)
     scale = expected.shape[1] // layout["size"][1]
@@ -233,19 +233,23 @@ def test_finds_the_newest_checkpoint(tmp_path):
     from play_pokemon import PlayError, find_checkpoint
 
     # By modification time, not by name; a half-written temporary file is no checkpoint.
+    from ppo_pokemon import CHECKPOINT_FORMAT
+
     for name, mtime in [("run_b/checkpoint_update000002.pt", 1_000_000),
                         ("run_a/checkpoint_update000001.pt", 900_000),
                         ("run_a/checkpoint_update000003.pt.tmp99", 2_000_000)]:
         path = tmp_path / "checkpoints" / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
+        torch.save({"format": CHECKPOINT_FORMAT, "name": name}, path)
         os.utime(path, (mtime, mtime))
     newest = str(tmp_path / "checkpoints" / "run_b" / "checkpoint_update000002.pt")
-    assert find_checkpoint(str(tmp_path / "checkpoints")) == newest
-    assert find_checkpoint("given.pt") == "given.pt"
+    assert find_checkpoint(str(tmp_path / "checkpoints"))[0] == newest
+    with pytest.raises(PlayError, match="checkpoint not found: given.pt"):
+        find_checkpoint("given.pt")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(PlayError, match="no checkpoint found"):
+    with pytest.raises(PlayError, match="no checkpoint found") as error:
         find_checkpoint(str(tmp_path / "empty"))
+    assert "train one" not in str(error.value)  # the hint is for the default folder
 
 
 def test_other_rom_warns_in_one_line(played):
@@ -319,11 +323,10 @@ def bad_inputs(trained, tmp_path_factory):
     saved = torch.load(checkpoint, weights_only=True)
     torch.save(saved["model"], bad / "weights_only.pt")  # a bare state_dict: a common mistake
     # The env now gives 84x40 observations; the agent was trained on 36x40.
-    mismatch = {**saved, "env_kwargs": {**saved["env_kwargs"], "rom_path": str(cwd / "roms" / "standin.gb"),
-                                        "obs_height": 84}}
+    mismatch = {**saved, "args": {**saved["args"], "rom_path": str(cwd / "roms" / "standin.gb"), "obs_height": 84}}
     torch.save(mismatch, bad / "mismatch.pt")
     # Trained from a start state that is not here any more.
-    gone_state = {**saved, "env_kwargs": {**saved["env_kwargs"], "init_state": "states/gone.state"}}
+    gone_state = {**saved, "args": {**saved["args"], "init_state": "states/gone.state"}}
     torch.save(gone_state, bad / "gone_state.pt")
     # An agent with 6 buttons, for an env that has 8.
     six = {name: tensor[:6] if name.startswith("actor.") else tensor for name, tensor in saved["model"].items()}
@@ -543,7 +546,7 @@ def test_save_states_then_train_and_play_from_them(trained, walks_upstairs, tmp_
     (trained_here,) = (tmp_path / "train" / "checkpoints").glob("*/*.pt")
     saved = torch.load(trained_here, weights_only=True)
     files = [str(states / name) for name in names]
-    assert saved["env_kwargs"]["init_state"] == files and saved["args"]["init_state"] == files
+    assert saved["args"]["init_state"] == files and "env_kwargs" not in saved  # the env's settings once
     (run_dir,) = (tmp_path / "train" / "runs").iterdir()
     accumulator = EventAccumulator(str(run_dir))
     accumulator.Reload()
@@ -567,7 +570,7 @@ def test_old_checkpoint_with_one_init_state_string_plays(bad_inputs, start_state
     """Checkpoints written before many start states record init_state as one path."""
     cwd, checkpoint, bad = bad_inputs
     saved = torch.load(checkpoint, weights_only=True)
-    old_style = {**saved, "env_kwargs": {**saved["env_kwargs"], "init_state": str(start_state_file)}}
+    old_style = {**saved, "args": {**saved["args"], "init_state": str(start_state_file)}}
     torch.save(old_style, bad / "old_style.pt")
     argv = ["--checkpoint", bad / "old_style.pt", "--max-steps", "2", "--json", bad / "old_style.json"]
     assert main_in_process(argv, monkeypatch, cwd) == 0

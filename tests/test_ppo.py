@@ -301,21 +301,24 @@ def test_arguments_that_do_not_share_out_over_two_ranks_are_refused(changes, mes
 def test_default_arguments_pass_and_backend_choice(any_rom):
     args = Args(env=pokemon_env.EnvSettings(rom_path=any_rom))
     assert ppo_pokemon.check_args(args, physical_cores=2) is None
-    assert ppo_pokemon.choose_vectorization(args, 4, 2) == ("multiprocessing", 2)
-    assert ppo_pokemon.choose_vectorization(args, 4, 8) == ("multiprocessing", 4)
-    assert ppo_pokemon.choose_vectorization(args, 4, 1) == ("serial", None)
-    assert ppo_pokemon.choose_vectorization(args, 6, 4) == ("multiprocessing", 3)
-    assert ppo_pokemon.choose_vectorization(args, 3, 2) == ("serial", None)  # no divisor but 1 fits 2 cores
+    # (backend, workers, groups): two groups where each of two or more workers has at most 2 envs
+    assert ppo_pokemon.choose_vectorization(args, 4, 2) == ("multiprocessing", 2, 2)
+    assert ppo_pokemon.choose_vectorization(args, 4, 8) == ("multiprocessing", 4, 2)
+    assert ppo_pokemon.choose_vectorization(args, 8, 2) == ("multiprocessing", 2, 1)
+    assert ppo_pokemon.choose_vectorization(args, 4, 1) == ("serial", None, 1)
+    assert ppo_pokemon.choose_vectorization(args, 6, 4) == ("multiprocessing", 3, 2)
+    assert ppo_pokemon.choose_vectorization(args, 3, 2) == ("serial", None, 1)  # no divisor but 1 fits 2 cores
     one_worker = dataclasses.replace(args, vec_backend="multiprocessing")
-    assert ppo_pokemon.choose_vectorization(one_worker, 3, 2) == ("multiprocessing", 1)
+    assert ppo_pokemon.choose_vectorization(one_worker, 3, 2) == ("multiprocessing", 1, 1)
 
 
 def test_checkpoint_round_trip_and_bad_files(tmp_path):
     agent = Agent((4, 84, 84), 8)
     path = str(tmp_path / "c.pt")
-    ppo_pokemon.save_checkpoint(path, {"format": ppo_pokemon.CHECKPOINT_FORMAT, "model": agent.state_dict(),
-                                       "rng": ppo_pokemon.rng_states()})
-    loaded = ppo_pokemon.load_checkpoint(path)
+    saved = {"format": ppo_pokemon.CHECKPOINT_FORMAT, "model": agent.state_dict(), "rng": ppo_pokemon.rng_states()}
+    ppo_pokemon.write_atomically(path, lambda f: torch.save(saved, f))
+    assert ppo_pokemon.load_checkpoint(str(tmp_path))[0] == path  # a folder: its newest
+    _, loaded = ppo_pokemon.load_checkpoint(path)
     Agent((4, 84, 84), 8).load_state_dict(loaded["model"])
     assert list(tmp_path.iterdir()) == [tmp_path / "c.pt"]  # no temporary file left behind
 
@@ -340,10 +343,11 @@ def test_rng_states_restored_from_a_checkpoint_repeat_the_draws(tmp_path):
     ppo_pokemon.seed_everything(5)
     draw()  # numpy now holds the second of a pair of gaussians: its state must keep it
     path = str(tmp_path / "rng.pt")
-    ppo_pokemon.save_checkpoint(path, {"format": ppo_pokemon.CHECKPOINT_FORMAT, "rng": ppo_pokemon.rng_states()})
+    saved = {"format": ppo_pokemon.CHECKPOINT_FORMAT, "rng": ppo_pokemon.rng_states()}
+    ppo_pokemon.write_atomically(path, lambda f: torch.save(saved, f))
     after_save = [draw() for _ in range(3)]
     ppo_pokemon.seed_everything(99)  # anything in between
-    ppo_pokemon.set_rng_states(ppo_pokemon.load_checkpoint(path)["rng"])
+    ppo_pokemon.set_rng_states(ppo_pokemon.load_checkpoint(path)[1]["rng"])
     assert [draw() for _ in range(3)] == after_save
 
 
@@ -354,14 +358,13 @@ def test_resume_takes_a_file_a_folders_newest_or_auto(tmp_path, monkeypatch):
     assert ppo_pokemon.checkpoint_to_resume(Args(resume="auto", run_name="new")) is None  # a new run
     folder = tmp_path / "checkpoints" / "new"
     folder.mkdir(parents=True)
-    with pytest.raises(ppo_pokemon.CheckpointError, match="no checkpoint"):
-        ppo_pokemon.checkpoint_to_resume(Args(resume=str(folder)))
+    with pytest.raises(ppo_pokemon.CheckpointError, match="no checkpoint found: no [*].pt under .*new/$"):
+        ppo_pokemon.load_checkpoint(str(folder))
     for update in (1, 2):
         (folder / f"checkpoint_update00000{update}.pt").write_bytes(b"")
         os.utime(folder / f"checkpoint_update00000{update}.pt", (update, update))
     (folder / "checkpoint_update000003.pt.tmp123").write_bytes(b"")  # a save in progress is no checkpoint
-    newest = str(folder / "checkpoint_update000002.pt")
-    assert ppo_pokemon.checkpoint_to_resume(Args(resume=str(folder))) == newest
-    assert ppo_pokemon.checkpoint_to_resume(Args(resume="auto", run_name="new")) == "checkpoints/new/" + (
-        "checkpoint_update000002.pt")
+    assert ppo_pokemon.newest_checkpoint(str(folder)) == str(folder / "checkpoint_update000002.pt")
+    assert ppo_pokemon.checkpoint_to_resume(Args(resume=str(folder))) == str(folder)  # load_checkpoint takes its newest
+    assert ppo_pokemon.checkpoint_to_resume(Args(resume="auto", run_name="new")) == "checkpoints/new"
     assert ppo_pokemon.checkpoint_to_resume(Args(resume="x.pt")) == "x.pt"

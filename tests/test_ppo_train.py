@@ -114,7 +114,7 @@ def test_run_writes_every_tag_of_the_readme_and_sane_episode_stats(run):
     assert len(documented["scalars"]) > 40 and documented["images"] and documented["text"]
     for kind in documented:
         assert documented[kind] <= written[kind], (kind, documented[kind] - written[kind])
-    standin_world = pokemon_env.render_world_map({}, 1, pokemon_env.load_world(STANDIN_ROM))
+    standin_world = pokemon_env.render_world_map({}, 1, pokemon_env.load_world(pokemon_env.load_rom(STANDIN_ROM)))
     assert accumulator.Images("episode/world_map")[-1].width == standin_world.shape[1]  # not Red's world
     # The trainer received the env's end-of-episode infos (PufferLib passes them as a flat list).
     assert sum(value for _, value in scalars(accumulator, "episode/count")) == 4
@@ -137,9 +137,9 @@ def test_run_writes_loadable_checkpoints(run):
     assert checkpoint["global_step"] == 192 and checkpoint["update"] == 3
     assert checkpoint["obs_shape"] == [4, 84, 84] and checkpoint["num_actions"] == 8
     assert checkpoint["rom_sha1"] == hashlib.sha1(STANDIN_ROM.read_bytes()).hexdigest()
-    assert checkpoint["env_kwargs"]["max_steps"] == 40 and checkpoint["args"]["num_envs"] == 2
+    assert checkpoint["args"]["max_steps"] == 40 and checkpoint["args"]["num_envs"] == 2
     env_names = [field.name for field in dataclasses.fields(pokemon_env.EnvSettings)]
-    assert list(checkpoint["env_kwargs"]) == env_names  # every setting of the env is recorded
+    assert set(env_names) <= set(checkpoint["args"]) and "env_kwargs" not in checkpoint  # every setting, once
     assert {"model", "optimizer", "rng", "run_name"} <= set(checkpoint)
     from ppo_pokemon import Agent
 
@@ -174,7 +174,7 @@ def test_resume_continues_global_step_schedule_and_curves(run, start_states, tmp
     # A flag given again overrides the checkpoint's setting: extend the run by one update. Meanwhile the
     # start states' folder has gained a file that sorts first, and the ROM has changed (its global
     # checksum, which nothing checks): the run keeps its recorded files, in their order, and warns.
-    recorded = original["env_kwargs"]["init_state"]
+    recorded = original["args"]["init_state"]
     assert recorded == [str(start_states / "a.state"), str(start_states / "b.state")]
     shutil.copy(start_states / "b.state", start_states / "0.state")
     rom = bytearray(STANDIN_ROM.read_bytes())
@@ -191,7 +191,7 @@ def test_resume_continues_global_step_schedule_and_curves(run, start_states, tmp
         "ppo_pokemon.py: warning: changed.gb is not the ROM this checkpoint was trained on"]
     extended = torch.load(checkpoints(tmp_path)[-1], weights_only=True)
     assert extended["global_step"] == 256 and extended["update"] == 4
-    assert extended["env_kwargs"]["init_state"] == recorded and extended["args"]["init_state"] == recorded
+    assert extended["args"]["init_state"] == recorded
 
 
 def test_target_kl_ends_an_update_after_its_first_epoch_and_no_anneal_lr_keeps_the_rate(tmp_path):

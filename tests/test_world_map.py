@@ -16,6 +16,7 @@ derive = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(derive)
 
 WORLDS = json.loads(pokemon_env.WORLD_MAP_FILE.read_text())["worlds"]
+RED = pokemon_env.Rom(data=b"", name="Pokemon Red", sha1="", title="POKEMON RED")  # as load_rom gives the real game
 OPPOSITE = {"north": "south", "south": "north", "west": "east", "east": "west"}
 
 
@@ -85,11 +86,9 @@ def test_standin_world_is_what_the_script_derives_from_build_standin(tmp_path):
     assert names == set(derive.standin_module().MAPS)  # every stand-in map is placed
 
 
-def test_world_is_chosen_by_the_rom(standin_rom, tmp_path):
-    assert pokemon_env.load_world(standin_rom)["name"] == "standin"
-    other = tmp_path / "other.gb"
-    other.write_bytes(b"\0" * 0x134 + b"POKEMON RED" + b"\0" * 0x100)
-    world = pokemon_env.load_world(other)
+def test_world_is_chosen_by_the_rom(standin_rom):
+    assert pokemon_env.load_world(pokemon_env.load_rom(standin_rom))["name"] == "standin"
+    world = pokemon_env.load_world(RED)
     assert world["name"] == "pokemon_red" and world["maps"][0x26]["name"] == "REDS_HOUSE_2F"
 
 
@@ -106,7 +105,7 @@ def badge_route_info():
 
 
 def test_scripted_route_is_drawn_where_the_world_puts_it(badge_route_info):
-    world = pokemon_env.load_world(standin_play.ROM)
+    world = pokemon_env.load_world(pokemon_env.load_rom(standin_play.ROM))
     visits = {}
     pokemon_env.add_visits(visits, badge_route_info["visited_tiles"])
     assert set(visits) == {0x00, 0x0C, 0x25, 0x26, 0x28, 0x36}  # every map the route entered is drawn...
@@ -155,7 +154,7 @@ def test_heatmap_counts_episodes_per_tile_and_keeps_panels_in_place(standin_rom)
     pokemon_env.add_visits(counts, np.array([tile(0x26, 4, 3)], np.int32))
     assert counts[0x26][3, 4] == 2 and counts[0x26][3, 5] == 1 and counts[0x00][6, 2] == 1
     assert counts[0x26].sum() == 3
-    world = pokemon_env.load_world(standin_rom)
+    world = pokemon_env.load_world(pokemon_env.load_rom(standin_rom))
     image = pokemon_env.render_heatmap(counts, 2, world)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
 
@@ -182,12 +181,10 @@ UNKNOWN_MAP = 0x0B  # an id Pokemon Red leaves unused: world_map.json knows no s
 
 
 @pytest.fixture(scope="module")
-def red(tmp_path_factory):
+def red():
     """Red's world (no ROM needed), visits on three tiles of every map (two corners and the middle) and
     of a map it does not know, their layout and the world map drawn from them."""
-    rom = tmp_path_factory.mktemp("red") / "red.gb"
-    rom.write_bytes(b"\0" * 0x134 + b"POKEMON RED" + b"\0" * 0x100)
-    world = pokemon_env.load_world(rom)
+    world = pokemon_env.load_world(RED)
     visits = {}
     for map_id, entry in [*world["maps"].items(), (UNKNOWN_MAP, {"height": 6, "width": 5})]:
         grid = np.zeros((256, 256), np.int32)
