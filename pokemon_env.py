@@ -906,6 +906,7 @@ class EnvGroups:
 
     def __init__(self, env_kwargs: dict, num_envs: int, backend: str, num_workers: int | None = None,
                  groups: int = 1):
+        self.rom = load_rom(env_kwargs["rom_path"])  # the ROM they play; an unknown one is warned of here, once
         workers = [num_workers // groups + (g < num_workers % groups) for g in range(groups)] if num_workers else [None]
         self.vector_envs, self.groups, self.on_the_way, self.wait_seconds = [], [], [], 0.0
         try:

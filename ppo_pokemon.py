@@ -1,20 +1,11 @@
-"""PPO for Pokemon Red on the PyBoy emulator, in one file read top to bottom.
-
-Modelled on CleanRL's ppo_atari.py (https://docs.cleanrl.dev/rl-algorithms/ppo/), and on its
-ppo_atari_multigpu.py for data-parallel runs under torchrun: the same order and names where they fit
-(README.md, "Implementation notes", lists where they do not). First the PPO: Args, the agent, GAE, the
-loss and main(); then the run's machinery (checks, resume, ranks, signals, faults, checkpoints,
-evaluation, maps), which main() reaches through a few calls.
+"""PPO for Pokemon Red on PyBoy, read top to bottom beside CleanRL's ppo_atari.py and ppo_atari_multigpu.py:
+the PPO first (Args, the agent, GAE, the loss, main), then the run's machinery that main() calls.
 
     python ppo_pokemon.py --rom-path roms/standin.gb --total-timesteps 50000   # no-ROM demo
-    python ppo_pokemon.py                                                     # laptop default
-    python ppo_pokemon.py --num-envs 16 --total-timesteps 10000000 --max-steps 20480
     torchrun --standalone --nproc-per-node 2 ppo_pokemon.py --num-envs 8      # two data-parallel ranks
 
-Exit status: 0 finished; 1 stopped by a failure (a dead env worker, a lost rank, non-finite numbers,
-a failed save: one line on stderr, after saving the last whole update where it can); 2 refused before
-training (bad arguments, missing ROM, unusable checkpoint or folder: one line on stderr); 130 stopped
-by Ctrl-C, 143 by SIGTERM, after saving a checkpoint.
+Exit status: 0 finished; 1 a failure (a dead env worker, a lost rank, non-finite numbers, a failed save); 2
+refused before training; 130 Ctrl-C, 143 SIGTERM. Failures and refusals in one line; stops save what they can.
 """
 import contextlib
 import dataclasses
@@ -24,15 +15,12 @@ import glob
 import math
 import os
 import random
-import re
-import secrets
 import signal
 import sys
 import tempfile
 import time
 import warnings
-from collections import defaultdict, deque
-from dataclasses import dataclass
+from collections import deque
 from typing import Literal, Optional
 
 # Import-time notices from dependencies, not for our users: keep stderr for our own messages.
@@ -52,7 +40,7 @@ from torch.utils.tensorboard import SummaryWriter
 import pokemon_env
 
 
-@dataclass
+@dataclasses.dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """experiment label, part of the run name (runs/<run_name>, checkpoints/<run_name>)"""
@@ -100,11 +88,10 @@ class Args:
     """stop an update's epochs early once their mean approximate KL exceeds this"""
 
     # The environment, and how its envs are stepped together
-    env: tyro.conf.OmitArgPrefixes[pokemon_env.EnvSettings] = dataclasses.field(
-        default_factory=pokemon_env.EnvSettings)
+    env: tyro.conf.OmitArgPrefixes[pokemon_env.EnvSettings] = dataclasses.field(default_factory=pokemon_env.EnvSettings)
     """the environment's settings, declared in pokemon_env.EnvSettings (recorded in checkpoints)"""
     vec_backend: Literal["auto", "serial", "multiprocessing"] = "auto"
-    """vector backend; auto: multiprocessing with the largest divisor of the envs up to the cores as workers (serial if 1)"""
+    """vector backend; auto: multiprocessing, as many workers as fit the envs and the cores (serial for one)"""
     num_workers: Optional[int] = None
     """multiprocessing worker processes (per rank); None: the largest divisor of the envs up to the cores"""
     torch_threads: int = 0
@@ -129,22 +116,18 @@ class Args:
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    """Orthogonal weights scaled by `std`, constant bias: the usual PPO initialisation."""
     nn.init.orthogonal_(layer.weight, std)
     nn.init.constant_(layer.bias, bias_const)
     return layer
 
 
 class Agent(nn.Module):
-    """The Nature-DQN CNN actor-critic, sized from the observation shape (C, H, W).
-
-    Takes uint8 observations and scales them to [0, 1] itself. 1.69M parameters at (4, 84, 84).
-    Departure from CleanRL: weights and inputs in the channels-last layout, in which the update's
-    convolutions ran 1.5x faster on this project's 2-core CPU (benchmarks/README.md).
-    """
+    """The Nature-DQN CNN actor-critic for uint8 observations (C, H, W). Departure from CleanRL: weights and inputs
+    channels last, in which the update's convolutions ran 1.5x faster on a 2-core CPU (benchmarks/README.md)."""
 
     def __init__(self, obs_shape, num_actions: int = 8):
         super().__init__()
+        self.obs_shape = tuple(obs_shape)
         self.network = nn.Sequential(
             layer_init(nn.Conv2d(obs_shape[0], 32, 8, stride=4)),
             nn.ReLU(),
@@ -180,18 +163,15 @@ class Agent(nn.Module):
 
 
 def compute_gae(rewards, values, terminations, truncations, dones, next_value, gamma, gae_lambda):
-    """Generalised advantage estimates and returns for one rollout; all inputs (num_steps, num_envs).
+    """Generalised advantage estimates and returns for one rollout; all inputs (num_steps, num_envs), tensors or arrays.
 
-    rewards[t], terminations[t], truncations[t]: what step t returned for the action taken on obs[t].
-    values[t]: V(obs[t]); next_value: V(next_obs), the observation after the last step.
-    dones[t]: obs[t] is an episode's final observation, so step t is PufferLib's reset step: the
-    env ignored the action and returned a first observation. It is no transition: advantage 0.
-
-    Departure from CleanRL: a truncation (time limit) is not a termination. The return bootstraps
-    from V(final observation), which is values[t + 1] because the agent is run on the final
-    observation in the reset step that follows; a termination bootstraps from 0. Either way the
-    advantage does not run on across the episode boundary.
-    """
+    rewards[t], terminations[t], truncations[t]: what step t returned for the action on obs[t]; values[t]: V(obs[t]);
+    next_value: V(the observation after the last step). dones[t]: obs[t] is an episode's final observation, so step t
+    is PufferLib's reset step (the action ignored, a first observation returned): no transition, advantage 0.
+    Departure from CleanRL: a truncation (time limit) bootstraps from V(final observation), values[t + 1] (the
+    agent runs on it in the reset step), a termination from 0; neither lets the advantage run on across it."""
+    rewards, terminations, truncations, dones = (torch.as_tensor(x, device=values.device)
+                                                 for x in (rewards, terminations, truncations, dones))
     num_steps = rewards.shape[0]
     advantages = torch.zeros_like(rewards)
     lastgaelam = torch.zeros_like(next_value)
@@ -207,11 +187,8 @@ def compute_gae(rewards, values, terminations, truncations, dones, next_value, g
 
 def ppo_loss(newlogprob, entropy, newvalue, logprobs, advantages, returns, values,
              clip_coef, clip_vloss, norm_adv):
-    """CleanRL's PPO loss terms for one minibatch, in a function so tests can check them.
-
-    Returns (pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac); the last three
-    carry no gradient.
-    """
+    """CleanRL's PPO loss terms for one minibatch, in a function so tests can check them: (pg_loss, v_loss,
+    entropy_loss, old_approx_kl, approx_kl, clipfrac); the last three carry no gradient."""
     logratio = newlogprob - logprobs
     ratio = logratio.exp()
 
@@ -275,8 +252,8 @@ def main():
         # operation costs more than the copy); observations are channels last, the network's layout, so that
         # minibatches need no conversion, and arrive in pinned memory on CUDA, so that copies need not wait.
         obs = torch.zeros((args.num_steps * local_num_envs,) + obs_shape, dtype=torch.uint8, device=device).to(
-            memory_format=torch.channels_last).view((args.num_steps, local_num_envs) + obs_shape)  # (steps, envs, C, H, W)
-        actions = torch.zeros((args.num_steps, local_num_envs), dtype=torch.long, device=device)  # (num_steps, num_envs)
+            memory_format=torch.channels_last).view((args.num_steps, local_num_envs) + obs_shape)  # (steps, envs, C...)
+        actions = torch.zeros((args.num_steps, local_num_envs), dtype=torch.long, device=device)  # (steps, num_envs)
         logprobs = torch.zeros((args.num_steps, local_num_envs), device=device)  # (num_steps, num_envs)
         values = torch.zeros((args.num_steps, local_num_envs), device=device)  # (num_steps, num_envs)
         rewards = np.zeros((args.num_steps, local_num_envs), np.float32)  # (num_steps, num_envs)
@@ -324,9 +301,7 @@ def main():
             run.phase("update")  # every torch thread; a stop waits for the update to end
             with torch.no_grad():
                 next_value = agent.get_value(next_obs.to(device)).flatten()
-                rewards_, terminations_, truncations_, dones_ = (
-                    torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations, dones))
-                advantages, returns = compute_gae(rewards_, values, terminations_, truncations_, dones_, next_value,
+                advantages, returns = compute_gae(rewards, values, terminations, truncations, dones, next_value,
                                                   args.gamma, args.gae_lambda)
 
             # flatten the batch
@@ -342,7 +317,7 @@ def main():
             b_inds = np.flatnonzero(dones.reshape(-1) == 0)
             num_minibatches = max(all_gather(max(1, round(len(b_inds) / local_minibatch_size))))
             update_stats = []  # per minibatch: pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac
-            for epoch in range(args.update_epochs if len(b_inds) > 1 else 0):
+            for epoch in range(args.update_epochs if len(b_inds) else 0):
                 for mb_inds in np.array_split(np.random.permutation(b_inds), num_minibatches):
                     _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
                     pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = ppo_loss(
@@ -360,9 +335,9 @@ def main():
                                                      old_approx_kl, approx_kl, clipfrac]))
 
                 # Departure from CleanRL: the epoch's mean KL (over all ranks), not its last minibatch's, decides.
-                if args.target_kl is not None:
-                    if all_reduce_mean(torch.stack(update_stats[-num_minibatches:])[:, 4].mean()).item() > args.target_kl:
-                        break
+                epoch_kl = torch.stack(update_stats[-num_minibatches:])[:, 4].mean()
+                if args.target_kl is not None and all_reduce_mean(epoch_kl).item() > args.target_kl:
+                    break
 
             losses = run.update_done(iteration, global_step, update_stats)  # means over the minibatches, all finite
             y_pred, y_true = b_values[b_inds].cpu().numpy(), b_returns[b_inds].cpu().numpy()
@@ -372,16 +347,10 @@ def main():
                 torch.cat([losses, torch.tensor([explained_var])])).tolist()  # then means over the ranks
 
             # TRY NOT TO MODIFY: record rewards for plotting purposes (rank 0 writes)
-            run.log(global_step, {
-                "train/learning_rate": optimizer.param_groups[0]["lr"],
-                "train/value_loss": v_loss,
-                "train/policy_loss": pg_loss,
-                "train/entropy_loss": entropy_loss,
-                "train/old_approx_kl": old_approx_kl,
-                "train/approx_kl": approx_kl,
-                "train/clipfrac": clipfrac,
-                "train/explained_variance": explained_var,
-            })
+            run.log(global_step, {"train/learning_rate": optimizer.param_groups[0]["lr"], "train/value_loss": v_loss,
+                                  "train/policy_loss": pg_loss, "train/entropy_loss": entropy_loss,
+                                  "train/old_approx_kl": old_approx_kl, "train/approx_kl": approx_kl,
+                                  "train/clipfrac": clipfrac, "train/explained_variance": explained_var})
             # perf/ figures, the episodes' statistics and maps, the progress line, checkpoints, evaluation
             run.end_update(iteration, global_step, episode_infos, samples=len(b_inds) * args.update_epochs)
 
@@ -390,13 +359,8 @@ def main():
 
 
 def choose_vectorization(args: Args, num_envs: int, physical_cores: int):
-    """(backend, num_workers or None, groups of envs) for `num_envs` envs on `physical_cores` cores.
-
-    Our Multiprocessing (its workers sleep while they wait) collected faster than Serial on 2 cores, so it is the
-    default whenever the envs can be shared out over more than one worker. Two groups take turns with the policy
-    when each of two or more workers has at most 2 envs: 1.34x the rollout with 4 envs on 2 cores; with more
-    envs a worker, the cores are busy anyway and one group was as fast or faster (benchmarks/README.md).
-    """
+    """(backend, num_workers or None, groups of envs): our Multiprocessing (its workers sleep) when the envs share out
+    over more than one worker, in two groups when each has at most 2 (see benchmarks/README.md)."""
     if args.vec_backend == "serial":
         return "serial", None, 1
     num_workers = args.num_workers or max(w for w in range(1, physical_cores + 1) if num_envs % w == 0)
@@ -406,7 +370,9 @@ def choose_vectorization(args: Args, num_envs: int, physical_cores: int):
 
 
 # Each argument's range: (the arguments, whether a value lies inside it, what the message says it must be)
-RANGES = [(("num_envs", "num_steps", "update_epochs", "save_interval", "eval_interval", "heatmap_interval",
+RANGES = [(("learning_rate", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm", "target_kl"),
+           math.isfinite, "a finite number"),
+          (("num_envs", "num_steps", "update_epochs", "save_interval", "eval_interval", "heatmap_interval",
             "eval_max_steps"), lambda value: value >= 1, "at least 1"),
           (("learning_rate", "clip_coef", "max_grad_norm", "target_kl"), lambda value: value > 0, "positive"),
           (("ent_coef", "vf_coef"), lambda value: value >= 0, "0 or more"),
@@ -416,20 +382,16 @@ RANGES = [(("num_envs", "num_steps", "update_epochs", "save_interval", "eval_int
 
 def check_args(args: Args, physical_cores: int, world_size: int = 1) -> Optional[str]:
     """The reason the arguments cannot work, in one line, or None."""
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(Args)}
-    for name, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"--{name.replace('_', '-')} must be a finite number (got {value})"
-    for names, inside, must_be in RANGES:
-        for name in names:
-            if values[name] is not None and not inside(values[name]):
-                return f"--{name.replace('_', '-')} must be {must_be} (got {values[name]})"
-    per_rank, env_problem, env = args.num_envs // world_size, args.env.problem(), args.env
-    batch_size = args.num_envs * (args.num_steps or args.batch_size // args.num_envs)
+    values, env = {field.name: getattr(args, field.name) for field in dataclasses.fields(Args)}, args.env
+    musts = [(name, must) for names, inside, must in RANGES for name in names
+             if values[name] is not None and not inside(values[name])]
+    num_envs = args.num_envs or 1  # 0 is refused (RANGES), but the checks below are all computed first
+    per_rank, batch_size = num_envs // world_size, num_envs * (args.num_steps or args.batch_size // num_envs)
     backend, num_workers, _ = choose_vectorization(args, per_rank, physical_cores)
     problems = [  # (whether it is so, what is wrong), in the order they are looked for
+        *[(True, f"--{name.replace('_', '-')} must be {must_be} (got {values[name]})") for name, must_be in musts],
         (args.num_envs % world_size, f"--num-envs ({args.num_envs}) must be divisible by the {world_size} ranks"),
-        (args.num_steps is None and (args.batch_size < 1 or args.batch_size % args.num_envs),
+        (args.num_steps is None and (args.batch_size < 1 or args.batch_size % num_envs),
          f"--batch-size ({args.batch_size}) must be a positive multiple of --num-envs ({args.num_envs})"),
         (args.minibatch_size < 1 or batch_size % args.minibatch_size,
          f"the batch ({batch_size} steps) must be divisible by --minibatch-size ({args.minibatch_size})"),
@@ -437,7 +399,7 @@ def check_args(args: Args, physical_cores: int, world_size: int = 1) -> Optional
          f"--minibatch-size ({args.minibatch_size}) must be divisible by the {world_size} ranks"),
         (args.total_timesteps < batch_size,
          f"--total-timesteps ({args.total_timesteps}) is less than one batch ({batch_size} steps)"),
-        (env_problem, env_problem),
+        (env.problem(), env.problem()),
         (min(env.obs_height, env.obs_width) < 36,
          f"observations must be at least 36x36 for the CNN (got {env.obs_height}x{env.obs_width})"),
         (backend == "serial" and args.num_workers, "--num-workers applies only to --vec-backend multiprocessing"),
@@ -450,88 +412,51 @@ def check_args(args: Args, physical_cores: int, world_size: int = 1) -> Optional
         (not os.path.isfile(env.rom_path), f"ROM not found: {env.rom_path}: put your own legally obtained Pokemon "
          f"Red there (SHA-1 {pokemon_env.RED_SHA1}), or try --rom-path roms/standin.gb"),
     ]
-    try:
-        return next((message for found, message in problems if found), None) or env.start_state_files() and None
-    except pokemon_env.StateError as e:
+    try:  # then the ROM's and the start states' contents (an unknown ROM is warned of here)
+        return next((message for found, message in problems if found), None) or (
+            pokemon_env.load_rom(env.rom_path) and env.start_state_files() and None)
+    except (pokemon_env.RomError, pokemon_env.StateError) as e:
         return str(e)
 
 
 def fail(message: str, status: int = 2):
-    """Refuse in one line on stderr, exit status 2 by default."""
     print(f"ppo_pokemon.py: error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings (an unknown ROM, say) in one line, without Python's source line."""
-    print(f"ppo_pokemon.py: warning: {message}", file=sys.stderr, flush=True)
+    print(f"ppo_pokemon.py: warning: {message}", file=sys.stderr, flush=True)  # one line, no source line
 
 
 def show_run_stopped(kind, error, traceback):
     """sys.excepthook: a run stopped before training began (a rank lost while starting) in one line."""
     if issubclass(kind, RunStopped):
-        print(f"ppo_pokemon.py: error: {error}", file=sys.stderr, flush=True)
-    else:
-        sys.__excepthook__(kind, error, traceback)
+        return fail(str(error), 1)
+    sys.__excepthook__(kind, error, traceback)
 
 
 def flat_args(args: Args) -> dict:
     """Args as one flat dict, the environment's settings beside the rest, as checkpoints store them."""
-    flat = {field.name: getattr(args, field.name) for field in dataclasses.fields(Args) if field.name != "env"}
-    return {**flat, **dataclasses.asdict(args.env)}
+    return {**{f.name: getattr(args, f.name) for f in dataclasses.fields(Args) if f.name != "env"}, **vars(args.env)}
 
 
 def args_from_flat(flat: dict) -> Args:
     """The inverse of flat_args; names this version does not know are ignored."""
-    env_names = {field.name for field in dataclasses.fields(pokemon_env.EnvSettings)}
-    names = {field.name for field in dataclasses.fields(Args)} - {"env"}
-    env = pokemon_env.EnvSettings(**{k: v for k, v in flat.items() if k in env_names})
-    return Args(**{k: v for k, v in flat.items() if k in names}, env=env)
-
-
-def writable_folder_problem(folder: str) -> Optional[str]:
-    """Why `folder` cannot be created or written, in one line, or None. Creates nothing."""
-    existing = folder
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing) or "."
-    if not os.path.isdir(existing):
-        return f"cannot create {folder}/: {existing} is a file"
-    try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as e:
-        return f"cannot write to {existing}/: {e.strerror or e}"
+    known = lambda cls: {f.name: flat[f.name] for f in dataclasses.fields(cls) if f.name in flat}  # noqa: E731
+    return Args(**known(Args), env=pokemon_env.EnvSettings(**known(pokemon_env.EnvSettings)))
 
 
 class RunStopped(Exception):
-    """Ends the run before its last update, with a one-line reason; save=False: do not save on the way out."""
-
-    def __init__(self, message: str, save: bool = True):
-        super().__init__(message)
-        self.save = save
+    """Ends the run before its last update, with a one-line reason."""
 
 
-class StopRequest:
-    """Ctrl-C (SIGINT) and SIGTERM: the first asks for a stop that saves the last whole update (exit status 128 +
-    the signal's number), at once unless an update or a save is under way (then after it); a second aborts."""
-
-    def __init__(self):
-        self.signal, self.interrupts = None, True
-
-    def __call__(self, signum, frame):
-        if self.signal is not None:
-            raise SystemExit(128 + signum)  # checkpoints on disk are whole: they are written atomically
-        self.signal = signum
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{name}: stopping to save a checkpoint of the last whole update (again: abort)", flush=True)
-        if self.interrupts:  # a rollout's or an evaluation's work is dropped
-            raise RunStopped("stopped")
+class SaveFailed(RunStopped):
+    """A checkpoint that could not be written: nothing more is saved on the way out."""
 
 
-class Run:
-    """The run's machinery: ranks, a resumed run's settings, checks, folders, envs, signals, TensorBoard,
-    evaluation, maps and checkpoints, and how the run stands (the last whole update, the last one saved, why it
-    stopped). Leaving its `with` block ends the run: it saves the last whole update unless it is saved, and
-    exits with the run's status."""
+class Run(contextlib.AbstractContextManager):
+    """The run's machinery, and how the run stands (the last whole update, the last saved, why it stopped). Leaving
+    its `with` block ends the run: the last whole update is saved unless it is, and the exit status set."""
 
     def __init__(self, args: Args):
         warnings.showwarning, sys.excepthook = show_warning, show_run_stopped
@@ -541,16 +466,15 @@ class Run:
             start_process_group(self.rank, self.world_size)
         cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
         self.cores = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-        self.resume_path, self.checkpoint, problem = None, None, None
+        resumed = None, None, None  # (checkpoint file, checkpoint, or why it cannot be used)
         if args.resume and self.rank == 0:
             # Departure from CleanRL, which cannot resume: the run's settings come from the checkpoint; flags
             # given again (say --total-timesteps) override them. Rank 0 reads it for every rank.
             try:
-                if checkpoint_to_resume(args) is not None:
-                    self.resume_path, self.checkpoint = load_checkpoint(checkpoint_to_resume(args))
+                resumed = (*checkpoint_to_resume(args), None)
             except CheckpointError as e:
-                problem = str(e)
-        self.resume_path, self.checkpoint, problem = all_gather((self.resume_path, self.checkpoint, problem))[0]
+                resumed = None, None, str(e)
+        self.resume_path, self.checkpoint, problem = all_gather(resumed)[0]
         fail_on_any_rank(problem)
         if self.checkpoint is not None:
             args = tyro.cli(Args, default=args_from_flat({**self.checkpoint["args"], "resume": args.resume,
@@ -558,85 +482,94 @@ class Run:
         fail_on_any_rank(check_args(args, self.cores, self.world_size))
         args.env.init_state = args.env.start_state_files()  # folders as their files: the run keeps its states
         self.args, self.saved_args = args, flat_args(args)  # as given, before main() derives the sizes
-        self.stop, self.closing, self.writer, self.eval_env = StopRequest(), contextlib.ExitStack(), None, None
-        self.weights_whole, self.last_checkpoint, self.clock = True, self.resume_path, {}
+        self.signal, self.interrupts, self.writer, self.envs, self.eval_env = None, True, None, None, None
+        self.weights_whole, self.last_checkpoint, self.clock, self.best_badges = True, self.resume_path, {}, 0.0
+        self.last_update = self.last_saved = self.last_update_step = self.start_global_step = 0
         self.recent_returns, self.visit_counts, self.heatmap_episodes = deque(maxlen=20), {}, 0
 
     def start_envs(self, num_envs: int, num_iterations: int) -> pokemon_env.EnvGroups:
-        """The ROM, the run's name and folders, the signals, then the envs. A run at its end is refused."""
+        """The run's name and folders, the signals, then the envs. A run at its end is refused."""
         args, checkpoint, self.num_iterations = self.args, self.checkpoint, num_iterations
         if checkpoint is not None and int(checkpoint["update"]) >= num_iterations:
             fail_on_any_rank(f"the run is complete: update {checkpoint['update']} of {num_iterations}, step "
                              f"{checkpoint['global_step']:,}; give a larger --total-timesteps to continue it")
-        try:
-            self.rom = pokemon_env.load_rom(args.env.rom_path)  # warns once: the envs do not repeat it
-        except pokemon_env.RomError as e:
-            fail(str(e))
-        if checkpoint is not None and checkpoint.get("rom_sha1") != self.rom.sha1 and self.rank == 0:
-            warnings.warn(f"{args.env.rom_path} is not the ROM this checkpoint was trained on")
-        rom_name = os.path.splitext(os.path.basename(args.env.rom_path))[0]  # seconds and a random suffix: two runs
-        new_name = f"{rom_name}__{args.exp_name}__{args.seed}__{int(time.time())}_{secrets.token_hex(2)}"  # at once
-        self.run_name = all_gather(args.run_name or (checkpoint or {}).get("run_name") or new_name)[0]
-        self.checkpoint_dir, self.log_dir = os.path.join("checkpoints", self.run_name), os.path.join("runs", self.run_name)
+        rom = os.path.splitext(os.path.basename(args.env.rom_path))[0]  # with seconds and a random suffix, two
+        name = f"{rom}__{args.exp_name}__{args.seed}__{int(time.time())}_{os.urandom(2).hex()}"  # runs started at once
+        self.run_name = all_gather(args.run_name or (checkpoint or {}).get("run_name") or name)[0]  # get two names
+        self.checkpoint_dir, self.log_dir = (os.path.join(folder, self.run_name) for folder in ("checkpoints", "runs"))
         problem = None
         if self.rank == 0:  # found out now, not at the first save
             if checkpoint is None and newest_checkpoint(self.checkpoint_dir) is not None:
                 problem = (f"run {self.run_name} already has checkpoints in {self.checkpoint_dir}/: continue it with "
                            f"--resume auto --run-name {self.run_name}, or give another --run-name")
-            problem = problem or writable_folder_problem(self.checkpoint_dir) or writable_folder_problem(self.log_dir)
-            if problem is None:
-                remove_stale_temporary_files(self.checkpoint_dir)
+            for folder in (self.checkpoint_dir, self.log_dir) if problem is None else ():
+                try:
+                    os.makedirs(folder, exist_ok=True)  # and written to: a full disk or a read-only folder shows
+                    tempfile.TemporaryFile(dir=folder).close()
+                except OSError as e:
+                    problem = f"cannot write to {folder}/: {e.strerror or e}"
+                    break
+            remove_stale_temporary_files(self.checkpoint_dir)
         fail_on_any_rank(problem)
-        signal.signal(signal.SIGINT, self.stop)
-        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGTERM, self.on_signal)
         self.backend, self.num_workers, groups = choose_vectorization(args, num_envs, self.cores)
         try:
             self.envs = pokemon_env.EnvGroups(dataclasses.asdict(args.env), num_envs, self.backend, self.num_workers,
                                               groups)
         except (OSError, ValueError, RuntimeError) as e:  # a bad ROM or state, or a worker that failed to start
             fail(f"cannot start the environment: {pokemon_env.first_line(e)}")
-        return self.closing.enter_context(contextlib.closing(self.envs))
+        if checkpoint is not None and checkpoint.get("rom_sha1") != self.envs.rom.sha1 and self.rank == 0:
+            warnings.warn(f"{args.env.rom_path} is not the ROM this checkpoint was trained on")
+        return self.envs
 
     def start(self, agent: Agent, optimizer, device) -> tuple[int, int]:
-        """A resumed run's weights, optimizer, step and RNG; each rank's seed; TensorBoard; the start line.
-        Returns (global_step, the first update to run)."""
+        """A resumed run's weights, step and RNG, each rank's seed, TensorBoard, the start line: (step, update)."""
         args, checkpoint, envs, self.agent, self.optimizer = self.args, self.checkpoint, self.envs, agent, optimizer
         # gloo carries the small messages, and the gradients too unless every rank has a GPU (then NCCL)
         on_gpus = self.world_size > 1 and all(all_gather(device.type == "cuda"))
         self.gradient_group = dist.new_group(backend="nccl") if on_gpus else None
-        global_step, start_iteration, self.best_badges = 0, 1, 0.0
         if checkpoint is not None:
             try:
-                agent_from_checkpoint(checkpoint, envs.single_observation_space.shape, envs.single_action_space.n, agent)
+                agent_from_checkpoint(checkpoint, agent.obs_shape, agent.actor.out_features, agent)
                 optimizer.load_state_dict(checkpoint["optimizer"])
             except (ValueError, KeyError) as e:  # a CheckpointError, or an optimizer of another shape
                 fail(str(e) if isinstance(e, CheckpointError) else f"checkpoint does not fit the agent: {e}"[:200])
-            global_step, start_iteration = int(checkpoint["global_step"]), int(checkpoint["update"]) + 1
+            self.last_update = self.last_saved = int(checkpoint["update"])
+            self.last_update_step = self.start_global_step = int(checkpoint["global_step"])
             self.best_badges = float(checkpoint.get("best_badges", 0.0))
             set_rng_states(checkpoint["rng"])
-        if self.rank > 0:  # this rank's own episodes and samples
-            seed_everything(args.seed + self.rank + global_step)
-        self.last_update = self.last_saved = start_iteration - 1
-        self.last_update_step = self.start_global_step = global_step
+        for seed in (random.seed, np.random.seed, torch.manual_seed) if self.rank > 0 else ():
+            seed(args.seed + self.rank + self.last_update_step)  # this rank's own episodes and samples
         if self.rank == 0:
             # Departure from CleanRL: on resume, purge_step hides the events logged after the checkpoint.
-            self.writer = SummaryWriter(self.log_dir, purge_step=global_step + 1 if checkpoint is not None else None)
-            tables = {"hyperparameters": ("argument", "value", self.saved_args.items()),
-                      "start_states": ("index", "file", enumerate(args.env.init_state or []))}  # their file names
-            for tag, (key, value, rows) in tables.items() if checkpoint is None else ():
-                if args.env.init_state or tag == "hyperparameters":  # return_by_start_state's indices
-                    self.writer.add_text(tag, f"| {key} | {value} |\n|---|---|" + "".join(f"\n| {k} | {v} |" for k, v in rows))
+            self.writer = SummaryWriter(self.log_dir, purge_step=self.last_update_step + 1 if checkpoint else None)
+            for tag, columns, rows in (("hyperparameters", "argument | value", self.saved_args.items()),
+                                       ("start_states", "index | file", enumerate(args.env.init_state or []))):
+                table = f"| {columns} |\n|---|---|" + "".join(f"\n| {key} | {value} |" for key, value in rows)
+                if checkpoint is None:  # the arguments; the files behind episode/return_by_start_state/<i>
+                    self.writer.add_text(tag, table)
             workers = f", {self.num_workers} worker{'s' * (self.num_workers > 1)}" if self.num_workers else ""
-            workers += f" in {len(envs.groups)} groups" if len(envs.groups) > 1 else ""
-            ranks = f" on each of {self.world_size} ranks" if self.world_size > 1 else ""
+            workers += f" in {len(envs.groups)} groups" * (len(envs.groups) > 1)
             total = self.num_iterations * args.batch_size
-            notes = f" (--total-timesteps {args.total_timesteps:,} rounded down to whole updates)" * (total != args.total_timesteps)
-            notes += f", from update {start_iteration - 1} of {self.resume_path}" if checkpoint is not None else ""
-            print(f"run {self.run_name}: {envs.num_envs} envs ({self.backend}{workers}){ranks}, {self.num_iterations} "
-                  f"updates of {args.batch_size:,} steps = {total:,} steps{notes}, {device}, "
+            notes = f" (--total-timesteps {args.total_timesteps:,} rounded down to whole updates)" * (
+                total != args.total_timesteps) + f", from update {self.last_update} of {self.resume_path}" * (
+                checkpoint is not None)
+            print(f"run {self.run_name}: {envs.num_envs} envs ({self.backend}{workers})"
+                  f"{f' on each of {self.world_size} ranks' * (self.world_size > 1)}, {self.num_iterations} updates of "
+                  f"{args.batch_size:,} steps = {total:,} steps{notes}, {device}, "
                   f"{sum(p.numel() for p in agent.parameters()):,} parameters", flush=True)
         self.start_time, self.eval_seconds = time.time(), 0.0
-        return global_step, start_iteration
+        return self.last_update_step, self.last_update + 1
+
+    def on_signal(self, signum, frame):
+        """Ctrl-C, SIGTERM: the first stops the run, saving (after an update or a save under way); a second aborts."""
+        if self.signal is not None:
+            raise SystemExit(128 + signum)  # checkpoints on disk are whole: they are written atomically
+        self.signal, name = signum, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping to save a checkpoint of the last whole update (again: abort)", flush=True)
+        if self.interrupts:  # a rollout's or an evaluation's work is dropped
+            raise RunStopped("stopped")
 
     def phase(self, name: str):
         """Enter the rollout or the update: its clock, its torch threads, and what a stop does during it."""
@@ -645,8 +578,11 @@ class Run:
         # small to share out: on 2 cores a second thread did not speed it up, and its spinning between calls
         # slowed the emulators' steps 1.6x (benchmarks/README.md).
         torch.set_num_threads((self.args.torch_threads or self.cores) if name == "update" else 1)
-        self.stop.interrupts = name == "rollout"  # a stop drops an unfinished rollout, but lets an update end
-        self.weights_whole = name == "rollout"  # until update_done
+        self.interrupts = self.weights_whole = name == "rollout"  # a stop lets an update end; see update_done
+
+    def log(self, global_step: int, scalars: dict):
+        for tag, value in scalars.items() if self.rank == 0 else ():
+            self.writer.add_scalar(tag, value, global_step)
 
     def update_done(self, iteration: int, global_step: int, update_stats: list) -> torch.Tensor:
         """The update's loss terms, means over its minibatches; a non-finite loss or weight stops the run unsaved."""
@@ -658,73 +594,58 @@ class Run:
         self.weights_whole, self.last_update, self.last_update_step = True, iteration, global_step
         return losses
 
-    def log(self, global_step: int, scalars: dict):
-        for tag, value in scalars.items() if self.rank == 0 else ():
-            self.writer.add_scalar(tag, value, global_step)
-
     def end_update(self, iteration: int, global_step: int, episode_infos: list, samples: int):
-        """After an update: perf/ figures, the episodes' statistics and maps, the progress line; a checkpoint every
-        --save-interval updates and at the end; a stop asked for; an evaluation every --eval-interval updates."""
-        args, clock = self.args, self.clock
+        """perf/, the episodes' stats and maps, the progress line; a checkpoint, a stop, an evaluation when due."""
+        args, clock, infos = self.args, self.clock, episode_infos
         rollout_seconds, update_seconds = clock["update"] - clock["rollout"], time.perf_counter() - clock["update"]
         sps = (global_step - self.start_global_step) / max(time.time() - self.start_time - self.eval_seconds, 1e-9)
         self.log(global_step, {"perf/steps_per_second": sps, "perf/rollout_seconds": rollout_seconds,
-                               "perf/env_seconds": clock["update env"] - clock["rollout env"], "perf/update_seconds": update_seconds,
+                               "perf/env_seconds": clock["update env"] - clock["rollout env"],
+                               "perf/update_seconds": update_seconds,
                                "perf/rollout_steps_per_second": args.batch_size / rollout_seconds,
                                "perf/update_samples_per_second": samples * self.world_size / update_seconds})
         if self.rank == 0:
-            self.log_episodes(iteration, global_step, episode_infos)
-            total_steps = self.num_iterations * args.batch_size
-            eta = datetime.timedelta(seconds=round((total_steps - global_step) / sps))
+            for info in infos:
+                self.recent_returns.append(float(info["episode_return"]))
+                self.best_badges = max(self.best_badges, float(info["badges"]))
+                pokemon_env.add_visits(self.visit_counts, info["visited_tiles"])
+            self.heatmap_episodes += len(infos)
+            if infos:
+                log_episode_stats(self.writer, "episode", infos, global_step)
+                self.log(global_step, {"episode/count": len(infos),
+                                       "episode/max_badges": max(info["badges"] for info in infos)})
+            if len(args.env.init_state or ()) > 1:  # which saves are hard (with one: mean_reward again)
+                returns = {index: [i["episode_return"] for i in infos if i["start_state"] == index] for index in
+                           sorted({i["start_state"] for i in infos})}
+                self.log(global_step, {f"episode/return_by_start_state/{i}": np.mean(r) for i, r in returns.items()})
+            if self.heatmap_episodes and (iteration % args.heatmap_interval == 0 or iteration == self.num_iterations):
+                for tag, draw in (("exploration_heatmap", pokemon_env.render_heatmap),
+                                  ("world_map", pokemon_env.render_world_map)):
+                    image = draw(self.visit_counts, self.heatmap_episodes, pokemon_env.load_world(self.envs.rom))
+                    self.writer.add_image(f"episode/{tag}", image, global_step, dataformats="HWC")
+                self.visit_counts, self.heatmap_episodes = {}, 0
+            total = self.num_iterations * args.batch_size
+            eta = datetime.timedelta(seconds=round((total - global_step) / sps))
             mean_return = f"{np.mean(self.recent_returns):.2f}" if self.recent_returns else "-"
-            print(f"update {iteration}/{self.num_iterations} | step {global_step:,}/{total_steps:,} | "
-                  f"{sps:,.0f} steps/s (rollout {rollout_seconds:.1f}s, update {update_seconds:.1f}s) | ETA {eta} | "
-                  f"return(last 20) {mean_return} | best badges {self.best_badges:g}",
+            print(f"update {iteration}/{self.num_iterations} | step {global_step:,}/{total:,} | {sps:,.0f} steps/s "
+                  f"(rollout {rollout_seconds:.1f}s, update {update_seconds:.1f}s) | ETA {eta} "
+                  f"| return(last 20) {mean_return} | best badges {self.best_badges:g}",
                   end="\r" if sys.stdout.isatty() else "\n", flush=True)
         if iteration % args.save_interval == 0 or iteration == self.num_iterations:
-            if self.rank == 0:
-                self.save()
-            self.last_saved = iteration
-        self.stop.interrupts = True
-        if self.stop.signal is not None:  # asked for during the update
+            self.save()
+        self.interrupts = True
+        if self.signal is not None:  # asked for during the update
             raise RunStopped("stopped")
         if args.eval_episodes > 0 and iteration % args.eval_interval == 0:
             self.evaluate(iteration, global_step)
 
-    def log_episodes(self, iteration: int, global_step: int, episode_infos: list):
-        """The episodes' means, count and best badges, returns by start state, and the maps when they are due."""
-        for info in episode_infos:
-            self.recent_returns.append(float(info["episode_return"]))
-            self.best_badges = max(self.best_badges, float(info["badges"]))
-            pokemon_env.add_visits(self.visit_counts, info["visited_tiles"])
-            self.heatmap_episodes += 1
-        if episode_infos:
-            log_episode_stats(self.writer, "episode", episode_infos, global_step)
-            self.log(global_step, {"episode/count": len(episode_infos),
-                                   "episode/max_badges": max(info["badges"] for info in episode_infos)})
-        if len(self.args.env.init_state or ()) > 1:  # which saves are hard (with one: mean_reward again)
-            by_start_state = defaultdict(list)
-            for info in episode_infos:
-                by_start_state[int(info["start_state"])].append(float(info["episode_return"]))
-            self.log(global_step, {f"episode/return_by_start_state/{index}": np.mean(returns)
-                                   for index, returns in sorted(by_start_state.items())})
-        if self.heatmap_episodes and (iteration % self.args.heatmap_interval == 0 or iteration == self.num_iterations):
-            for tag, render in (("exploration_heatmap", pokemon_env.render_heatmap),
-                                ("world_map", pokemon_env.render_world_map)):
-                image = render(self.visit_counts, self.heatmap_episodes, pokemon_env.load_world(self.rom))
-                self.writer.add_image(f"episode/{tag}", image, global_step, dataformats="HWC")
-            self.visit_counts, self.heatmap_episodes = {}, 0
-
     def evaluate(self, iteration: int, global_step: int):
-        """--eval-episodes fresh episodes of the current policy, shared out over the ranks: sampled as in training,
-        episode i reset with seed --seed + 1,000,000 + i every time, from the usual start states."""
+        """--eval-episodes of the policy (sampled) over the ranks: episode i from a usual start, seed + 1e6 + i."""
         torch.set_num_threads(1)
-        args, eval_start = self.args, time.time()
+        args, eval_start, results = self.args, time.time(), []
         if self.eval_env is None and self.rank < args.eval_episodes:
-            settings = dataclasses.replace(args.env, max_steps=args.eval_max_steps or args.env.max_steps)
-            self.eval_env = self.closing.enter_context(
-                contextlib.closing(pokemon_env.PokemonRedEnv(**dataclasses.asdict(settings))))
-        results = []
+            max_steps = args.eval_max_steps or args.env.max_steps
+            self.eval_env = pokemon_env.PokemonRedEnv(**{**vars(args.env), "max_steps": max_steps})
         for episode in range(self.rank, args.eval_episodes, self.world_size):
             next_obs, info = self.eval_env.reset(seed=args.seed + 1_000_000 + episode)
             while not info:  # the env's info is empty until the episode's end
@@ -734,62 +655,60 @@ class Run:
         self.eval_seconds += time.time() - eval_start
         if self.rank == 0:
             log_episode_stats(self.writer, "eval", results, global_step)
-            self.writer.add_scalar("perf/eval_seconds", time.time() - eval_start, global_step)
-            mean_return, mean_badges = (np.mean([result[key] for result in results]) for key in ("episode_return", "badges"))
-            print(f"{chr(10) * sys.stdout.isatty()}eval after update {iteration}: return {mean_return:.2f}, "
-                  f"badges {mean_badges:g} ({len(results)} episodes)", flush=True)
+            self.log(global_step, {"perf/eval_seconds": time.time() - eval_start})
+            mean = {key: np.mean([result[key] for result in results]) for key in ("episode_return", "badges")}
+            print(f"{chr(10) * sys.stdout.isatty()}eval after update {iteration}: return {mean['episode_return']:.2f}, "
+                  f"badges {mean['badges']:g} ({len(results)} episodes)", flush=True)
 
     def save(self):
-        """The last whole update as checkpoints/<run_name>/checkpoint_update<update>.pt (see CHECKPOINT_FORMAT)."""
-        path = os.path.join(self.checkpoint_dir, f"checkpoint_update{self.last_update:06d}.pt")
-        checkpoint = dict(format=CHECKPOINT_FORMAT, model=self.agent.state_dict(), optimizer=self.optimizer.state_dict(),
+        """The last whole update (on rank 0) as checkpoints/<run_name>/checkpoint_update<update>.pt."""
+        path, agent = os.path.join(self.checkpoint_dir, f"checkpoint_update{self.last_update:06d}.pt"), self.agent
+        checkpoint = dict(format=CHECKPOINT_FORMAT, model=agent.state_dict(), optimizer=self.optimizer.state_dict(),
                           args=self.saved_args, global_step=self.last_update_step, update=self.last_update,
-                          run_name=self.run_name, rng=rng_states(), obs_shape=list(self.envs.single_observation_space.shape),
-                          num_actions=int(self.envs.single_action_space.n), rom_sha1=self.rom.sha1,
+                          run_name=self.run_name, rng=rng_states(), obs_shape=list(agent.obs_shape),
+                          num_actions=agent.actor.out_features, rom_sha1=self.envs.rom.sha1,
                           rom_name=os.path.basename(self.args.env.rom_path), best_badges=self.best_badges,
                           torch_version=str(torch.__version__))
-        interrupts, self.stop.interrupts = self.stop.interrupts, False  # a first stop lets the save end
+        self.interrupts = False  # a first stop lets the save end (and then stops the run: end_update, __exit__)
         try:
-            write_atomically(path, functools.partial(torch.save, checkpoint))
+            if self.rank == 0:
+                write_atomically(path, functools.partial(torch.save, checkpoint))
         except OSError as e:  # a full disk, say: the checkpoints already written stay as they were
-            raise RunStopped(f"cannot save {path}: {e.strerror or e}", save=False) from None
-        finally:
-            self.stop.interrupts = interrupts
+            raise SaveFailed(f"cannot save {path}: {e.strerror or e}") from None
         self.last_saved, self.last_checkpoint = self.last_update, path
 
-    def __enter__(self):
-        return self
-
     def __exit__(self, kind, error, traceback):
-        """The end of the run, however it came: saves the last whole update unless it is saved (or the weights in
-        memory are not whole), closes what is open, and exits with the run's status."""
-        self.stop.interrupts = False
-        self.closing.close()  # the envs, and the evaluation's
+        """The end, however it came: the last whole update saved unless it is, the envs closed, the exit status set."""
+        self.interrupts = False
+        for env in (self.envs, self.eval_env):
+            if env is not None:
+                env.close()
         if kind is not None and not issubclass(kind, (RunStopped, pokemon_env.WorkerError)):
             return  # a bug (its traceback), or an exit already decided (a refusal, a second Ctrl-C)
-        # None, or a stop asked for, a dead or failing env worker, or a lost rank (torchrun stops the others by SIGTERM)
-        if self.rank == 0 and self.last_update > self.last_saved and self.weights_whole and getattr(error, "save", 1):
+        # A stop asked for, a dead or failing env worker, a lost rank (torchrun then stops the others by SIGTERM)
+        if self.last_update > self.last_saved and self.weights_whole and not isinstance(error, SaveFailed):
             try:
                 self.save()
-            except RunStopped as e:
+            except SaveFailed as e:
                 error = error or e
         if self.writer is not None:
             self.writer.close()
             print(end="\n" * sys.stdout.isatty())
-        resume = f"; continue with: python ppo_pokemon.py --resume {self.last_checkpoint}" if self.last_checkpoint else ""
-        saved = f"last checkpoint {self.last_checkpoint}" if self.last_checkpoint else "no update finished, nothing saved"
-        if error is not None and self.stop.signal is not None:
+        last = self.last_checkpoint
+        resume = f"; continue with: python ppo_pokemon.py --resume {last}" if last else ""
+        saved = f"last checkpoint {last}" if last else "no update finished, nothing saved"
+        if error is not None and self.signal is None:
+            fail(f"{f'rank {self.rank}: ' * (self.world_size > 1)}{pokemon_env.first_line(error)}; {saved}{resume}", 1)
+        if error is not None:
             if self.rank == 0:
                 print(f"stopped at step {self.last_update_step:,}; {saved}{resume}", flush=True)
-            sys.exit(128 + self.stop.signal)
-        if error is not None:
-            fail(f"{f'rank {self.rank}: ' * (self.world_size > 1)}{pokemon_env.first_line(error)}; {saved}{resume}", 1)
+            sys.exit(128 + self.signal)
         if self.world_size > 1:
             dist.barrier()  # nobody leaves while another still talks: gloo aborts on a half-closed group
             dist.destroy_process_group()
         if self.rank == 0:
-            took = datetime.timedelta(seconds=round(time.time() - self.start_time))
-            print(f"done: {self.last_update_step:,} steps in {took}; {saved}")
+            print(f"done: {self.last_update_step:,} steps in "
+                  f"{datetime.timedelta(seconds=round(time.time() - self.start_time))}; {saved}")
 
 
 # TensorBoard names for the episode stats that the original design logs under its own names.
@@ -831,7 +750,7 @@ def collective(function):
 
 @collective
 def all_gather(value) -> list:
-    """Every rank's `value`, in rank order (rank 0's first: what it read for every rank)."""
+    """Every rank's `value`, in rank order: [0] is rank 0's, which it has read for every rank."""
     if not dist.is_initialized():
         return [value]
     values = [None] * dist.get_world_size()
@@ -841,11 +760,10 @@ def all_gather(value) -> list:
 
 @collective
 def all_reduce_mean(tensor: torch.Tensor, group=None) -> torch.Tensor:
-    """The mean over ranks, in place."""
     if dist.is_initialized():
         dist.all_reduce(tensor, group=group)
         tensor /= dist.get_world_size()
-    return tensor
+    return tensor  # in place
 
 
 def average_gradients(agent: Agent, group=None):
@@ -865,13 +783,12 @@ def fail_on_any_rank(problem: Optional[str]) -> None:
         sys.exit(2)
 
 
-# ----- Checkpoints, and the names play_pokemon.py imports: load a checkpoint, the agent from it, its action -----
+# ----- Checkpoints, and the names play_pokemon.py imports: load a checkpoint, the agent from it, its actions -----
 
 # A checkpoint's keys: format, model, optimizer, args (flat_args: every flag, the env's settings among them),
 # global_step, update, run_name, rng, obs_shape, num_actions, rom_sha1, rom_name, best_badges, torch_version.
 # Checkpoints written before 2026-12-03 also hold env_kwargs, the env's settings again.
 CHECKPOINT_FORMAT = "ppo_pokemon/1"
-TEMPORARY_SUFFIX = re.compile(r"\.tmp(\d+)$")  # checkpoint_update000050.pt.tmp<pid>, never *.pt
 
 
 class CheckpointError(ValueError):
@@ -879,7 +796,7 @@ class CheckpointError(ValueError):
 
 
 def rng_states() -> dict:
-    """Python, numpy and torch RNG states as tensors and plain types (for weights_only loading)."""
+    """Python, numpy and torch RNG states as tensors and plain types, for weights_only loading."""
     np_state = np.random.get_state()
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
@@ -895,17 +812,11 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def write_atomically(path: str, write) -> None:
-    """Write `path` through write(f), f a binary file: a temporary file, flushed to disk, renamed over it. A
-    failed write (a full disk, a second Ctrl-C) removes the temporary file and leaves `path` as it was."""
+    """Write `path` by write(binary file) to a temporary file, flushed to disk, renamed over it; a failed write leaves
+    `path` as it was and removes the temporary file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp_path = f"{path}.tmp{os.getpid()}"
+    tmp_path = f"{path}.tmp{os.getpid()}"  # never *.pt, and whose: see remove_stale_temporary_files
     try:
         with open(tmp_path, "wb") as f:
             write(f)
@@ -919,42 +830,39 @@ def write_atomically(path: str, write) -> None:
 
 
 def remove_stale_temporary_files(folder: str) -> None:
-    """Temporary checkpoint files left by processes that were killed while saving."""
+    """The temporary files (*.tmp<pid>) that processes killed while saving left in `folder`."""
     for path in glob.glob(os.path.join(folder, "*.tmp*")):
-        match = TEMPORARY_SUFFIX.search(path)
-        if match and not psutil.pid_exists(int(match.group(1))):
+        pid = path.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             os.remove(path)
 
 
 def newest_checkpoint(folder: str) -> Optional[str]:
-    """The newest checkpoint (by modification time) under `folder`, or None."""
     paths = [path for path in glob.glob(os.path.join(folder, "**", "*.pt"), recursive=True) if os.path.isfile(path)]
-    return max(paths, key=os.path.getmtime, default=None)
+    return max(paths, key=os.path.getmtime, default=None)  # by modification time
 
 
-def checkpoint_to_resume(args: Args) -> Optional[str]:
-    """What --resume names: a checkpoint or a run's folder; auto: checkpoints/<run_name>/ if it holds a
-    checkpoint, else None (a new run of that name). Raises CheckpointError."""
-    if args.resume == "auto" and args.run_name is None:
+def checkpoint_to_resume(args: Args) -> tuple[Optional[str], Optional[dict]]:
+    """(file, checkpoint) of --resume: a file, a folder's newest; auto: checkpoints/<run_name>/'s, or (None, None)."""
+    if args.resume != "auto":
+        return load_checkpoint(args.resume)
+    if args.run_name is None:
         raise CheckpointError("--resume auto continues the run named by --run-name: give --run-name NAME too")
-    folder = os.path.join("checkpoints", args.run_name or "")
-    return args.resume if args.resume != "auto" else folder if newest_checkpoint(folder) else None
+    folder = os.path.join("checkpoints", args.run_name)
+    return load_checkpoint(folder) if newest_checkpoint(folder) else (None, None)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> tuple[str, dict]:
-    """(its file, the checkpoint) of a checkpoint written by this script, or of a folder's newest (by
-    modification time). Raises CheckpointError with a one-line reason."""
-    if os.path.isdir(path):
-        folder, path = path, newest_checkpoint(path)
-        if path is None:
-            raise CheckpointError(f"no checkpoint found: no *.pt under {folder.rstrip(os.sep)}/")
+    """(file, checkpoint) of a checkpoint of this script's, or a folder's newest; CheckpointError says why not."""
+    folder, path = path, newest_checkpoint(path) if os.path.isdir(path) else path
+    if path is None:
+        raise CheckpointError(f"no checkpoint found: no *.pt under {folder.rstrip(os.sep)}/")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a damaged file raises one of many types, depending on where it broke
-        reason = " ".join(str(e).split()).split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0]
-        reason = reason.strip().split(". ")[0][:160] or type(e).__name__  # the first sentence of torch's message
+        reason = " ".join(str(e).split()).split("WeightsUnpickler error: ")[-1].split(". ")[0][:160] or type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path} (corrupt or not one): {reason}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by ppo_pokemon.py")

@@ -214,8 +214,8 @@ def test_an_unwritable_checkpoint_folder_is_refused_before_the_envs_start(tmp_pa
     (tmp_path / "checkpoints").write_text("a file where the folder should be")
     result = subprocess.run([sys.executable, TRAINER, "--rom-path", str(STANDIN_ROM), *TINY], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
-    assert_one_line_error(result, "cannot create checkpoints/")
-    assert "checkpoints is a file" in result.stderr
+    assert_one_line_error(result, "cannot write to checkpoints/")
+    assert ": Not a directory" in result.stderr
     assert not (tmp_path / "runs").exists()
 
 

@@ -1,6 +1,9 @@
-"""Unit tests of the trainer's maths and pieces: GAE, the PPO loss, the agent, arguments, checkpoints."""
+"""Unit tests of the trainer's maths and pieces: GAE, the PPO loss, the agent, arguments, checkpoints; and one
+tiny PPO iteration of main() in this process."""
 import dataclasses
 import os
+import random
+import signal
 
 import numpy as np
 import pytest
@@ -208,11 +211,8 @@ def test_gradients_reach_every_parameter():
 
 
 @pytest.fixture
-def any_rom(tmp_path) -> str:
-    """check_args only needs the ROM file to exist; the environment validates its contents."""
-    path = tmp_path / "any.gb"
-    path.write_bytes(b"\0" * 32768)
-    return str(path)
+def any_rom(standin_rom) -> str:
+    return str(standin_rom)
 
 
 def test_every_env_setting_is_a_trainer_flag_and_recorded():
@@ -340,31 +340,71 @@ def test_rng_states_restored_from_a_checkpoint_repeat_the_draws(tmp_path):
     def draw():
         return random.random(), float(np.random.rand()), float(np.random.normal()), torch.rand(3).tolist()
 
-    ppo_pokemon.seed_everything(5)
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
     draw()  # numpy now holds the second of a pair of gaussians: its state must keep it
     path = str(tmp_path / "rng.pt")
     saved = {"format": ppo_pokemon.CHECKPOINT_FORMAT, "rng": ppo_pokemon.rng_states()}
     ppo_pokemon.write_atomically(path, lambda f: torch.save(saved, f))
     after_save = [draw() for _ in range(3)]
-    ppo_pokemon.seed_everything(99)  # anything in between
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)  # anything in between
     ppo_pokemon.set_rng_states(ppo_pokemon.load_checkpoint(path)[1]["rng"])
     assert [draw() for _ in range(3)] == after_save
 
 
 def test_resume_takes_a_file_a_folders_newest_or_auto(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    resume = lambda **kwargs: ppo_pokemon.checkpoint_to_resume(Args(**kwargs))  # noqa: E731
     with pytest.raises(ppo_pokemon.CheckpointError, match="give --run-name NAME too"):
-        ppo_pokemon.checkpoint_to_resume(Args(resume="auto"))
-    assert ppo_pokemon.checkpoint_to_resume(Args(resume="auto", run_name="new")) is None  # a new run
+        resume(resume="auto")
+    assert resume(resume="auto", run_name="new") == (None, None)  # nothing to continue: a new run
     folder = tmp_path / "checkpoints" / "new"
     folder.mkdir(parents=True)
     with pytest.raises(ppo_pokemon.CheckpointError, match="no checkpoint found: no [*].pt under .*new/$"):
-        ppo_pokemon.load_checkpoint(str(folder))
-    for update in (1, 2):
-        (folder / f"checkpoint_update00000{update}.pt").write_bytes(b"")
-        os.utime(folder / f"checkpoint_update00000{update}.pt", (update, update))
+        resume(resume=str(folder))
+    for update in (1, 2):  # by modification time, not by name
+        path = folder / f"checkpoint_update00000{3 - update}.pt"
+        torch.save({"format": ppo_pokemon.CHECKPOINT_FORMAT, "update": update}, path)
+        os.utime(path, (update, update))
     (folder / "checkpoint_update000003.pt.tmp123").write_bytes(b"")  # a save in progress is no checkpoint
-    assert ppo_pokemon.newest_checkpoint(str(folder)) == str(folder / "checkpoint_update000002.pt")
-    assert ppo_pokemon.checkpoint_to_resume(Args(resume=str(folder))) == str(folder)  # load_checkpoint takes its newest
-    assert ppo_pokemon.checkpoint_to_resume(Args(resume="auto", run_name="new")) == "checkpoints/new"
-    assert ppo_pokemon.checkpoint_to_resume(Args(resume="x.pt")) == "x.pt"
+    newest = str(folder / "checkpoint_update000001.pt")
+    assert resume(resume=str(folder))[0] == newest and resume(resume=str(folder))[1]["update"] == 2
+    assert resume(resume="auto", run_name="new")[0] == os.path.join("checkpoints", "new", "checkpoint_update000001.pt")
+    assert resume(resume=newest)[1]["update"] == 2
+    with pytest.raises(ppo_pokemon.CheckpointError, match="checkpoint not found: x.pt"):
+        resume(resume="x.pt")
+
+
+# ----- One tiny PPO iteration of the real trainer, in this process -----
+
+
+def test_one_ppo_iteration_in_process_leaves_the_reset_steps_out_of_the_minibatches(tmp_path, monkeypatch,
+                                                                                    standin_rom):
+    """main() itself: 2 envs x 48 steps, episodes of 40 steps, so each env has one reset step (its action ignored,
+    advantage 0) in the batch of 96; the update must see the other 94, each once an epoch."""
+    seen = []  # per minibatch: the advantages that ppo_loss got
+
+    def recording_ppo_loss(*args, **kwargs):
+        seen.append(args[4].clone())
+        return ppo_loss(*args, **kwargs)
+
+    monkeypatch.setattr(ppo_pokemon, "ppo_loss", recording_ppo_loss)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["ppo_pokemon.py", "--rom-path", str(standin_rom), "--num-envs", "2",
+                                     "--num-steps", "48", "--minibatch-size", "48", "--total-timesteps", "96",
+                                     "--max-steps", "40", "--update-epochs", "2", "--eval-episodes", "0",
+                                     "--vec-backend", "serial", "--torch-threads", "1"])
+    # main() sets these for the whole process: restored after the test
+    monkeypatch.setattr(ppo_pokemon.warnings, "showwarning", ppo_pokemon.warnings.showwarning)
+    monkeypatch.setattr(ppo_pokemon.sys, "excepthook", ppo_pokemon.sys.excepthook)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    threads = torch.get_num_threads()
+    try:
+        ppo_pokemon.main()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        torch.set_num_threads(threads)
+    assert [len(advantages) for advantages in seen] == [47, 47] * 2  # 94 a epoch, in two near-equal minibatches
+    assert all((advantages != 0).all() for advantages in seen)  # none of them a reset step
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*/checkpoint_update000001.pt")
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 96
