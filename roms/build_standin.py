@@ -506,7 +506,7 @@ GROUND_ART = "######## oooooooo ........ ........ ........ ........ ........ ...
 
 
 # =============================================================================================
-# Game constants: Pokemon Red's RAM addresses (shared/pokered-ram.md), our own work variables,
+# Game constants: Pokemon Red's RAM addresses (as pret/pokered's ram/wram.asm names them), our own work variables,
 # and the tuning that makes the badge reachable for a plan but not for random button presses.
 # =============================================================================================
 

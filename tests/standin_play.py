@@ -1,7 +1,7 @@
 """Play the stand-in cartridge (roms/standin.gb) through PyBoy: shared by the tests.
 
 Not a test file. Everything here reads Pokemon Red's RAM addresses, which the stand-in keeps
-with the same meaning (see roms/README.md and shared/pokered-ram.md).
+with the same meaning (see roms/README.md; the names are pret/pokered's, ram/wram.asm).
 
 - `new_pyboy()` starts the cartridge headless and unthrottled.
 - `press(pyboy, button)` is the environment's press: hold 8 frames, release, 24 frames in all.
@@ -120,7 +120,7 @@ def wait(pyboy: PyBoy, frames: int = 24, render: bool = True) -> None:
 
 
 def in_control(pyboy: PyBoy) -> bool:
-    """Pokemon Red's "player is in control of the overworld" predicate (shared/pokered-ram.md)."""
+    """Pokemon Red's "player is in control of the overworld" predicate (pokemon_env.player_in_control's)."""
     m = pyboy.memory
     return (m[IS_IN_BATTLE] == 0 and m[CUR_OPPONENT] == 0 and m[JOY_IGNORE] == 0
             and m[0xD730] & 0xA1 == 0 and m[FONT_LOADED] & 0x01 == 0 and m[HWY] != 0
