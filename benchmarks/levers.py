@@ -92,22 +92,23 @@ def update_rates(rounds: int, batch_size: int = 2048, minibatch_size: int = 256)
     return {name: minibatch_size / float(np.median(times)) for name, times in seconds.items()}
 
 
-def rollout_rate(groups, agent, steps: int, num_envs: int) -> float:
-    """The trainer's rollout loop (policy on one group while the other steps), stripped to its timing."""
+def rollout_rate(envs, agent, steps: int) -> float:
+    """The trainer's rollout loop (pokemon_env.EnvGroups: the policy on one group while the other steps), stripped
+    to its timing."""
+    num_envs = envs.num_envs
     obs = torch.zeros((steps, num_envs, 4, 84, 84), dtype=torch.uint8)
-    next_obs = torch.zeros((num_envs, 4, 84, 84), dtype=torch.uint8)
-    for envs, group in groups:
-        next_obs[group] = torch.from_numpy(envs.reset(seed=group.start)[0])
+    next_obs, next_done, scalars = torch.zeros((num_envs, 4, 84, 84), dtype=torch.uint8), np.zeros(num_envs), []
+    next_obs.numpy()[:] = envs.reset(seed=0)
     start = time.perf_counter()
-    for step in range(steps + 1):
-        for envs, group in groups:
-            if step > 0:
-                next_obs[group] = torch.from_numpy(envs.recv()[0])
-            if step < steps:
-                obs[step, group] = next_obs[group]
-                with torch.no_grad():
-                    action = agent.get_action_and_value(obs[step, group])[0]
-                envs.send(action.numpy())
+    for step in range(steps):
+        results = (next_obs.numpy(), next_done, np.zeros(num_envs), np.zeros(num_envs), np.zeros(num_envs), scalars)
+        for rows in envs.groups:
+            envs.recv(rows)
+            obs[step, rows] = next_obs[rows]
+            with torch.no_grad():
+                action = agent.get_action_and_value(obs[step, rows])[0]
+            envs.send(action.numpy(), rows, results)
+    envs.recv()
     return steps * num_envs / (time.perf_counter() - start)
 
 
@@ -115,19 +116,14 @@ def rollout_rates(rounds: int, steps: int = 128) -> dict:
     torch.set_num_threads(1)  # as the trainer's rollout
     agent, rates = Agent((4, 84, 84)), {}
     for num_envs in (4, 8, 16):
-        def make(envs, workers, first):
-            return pokemon_env.make_vector_env({"rom_path": ROM}, envs, "multiprocessing", workers, first)
-
-        half = num_envs // 2
-        variants = {"one group": [(make(num_envs, 2, 0), slice(0, num_envs))],
-                    "two groups": [(make(half, 1, 0), slice(0, half)), (make(half, 1, half), slice(half, num_envs))]}
+        variants = {f"{'one' if groups == 1 else 'two'} group{'s' * (groups > 1)}":
+                    pokemon_env.EnvGroups({"rom_path": ROM}, num_envs, "multiprocessing", 2, groups) for groups in (1, 2)}
         measured = {name: [] for name in variants}
         for round_index in range(rounds):
             for name in (list(variants) if round_index % 2 == 0 else list(variants)[::-1]):
-                measured[name].append(rollout_rate(variants[name], agent, steps, num_envs))
-        for groups in variants.values():
-            for envs, _ in groups:
-                envs.close()
+                measured[name].append(rollout_rate(variants[name], agent, steps))
+        for envs in variants.values():
+            envs.close()
         rates[num_envs] = {name: float(np.median(values)) for name, values in measured.items()}
     return rates
 
