@@ -100,6 +100,8 @@ class Args:
     # Logging, evaluation and checkpoints
     save_interval: int = 50
     """save a checkpoint every this many updates (and at the end)"""
+    keep_checkpoints: int = 0
+    """keep the run's newest this many checkpoints, removing older ones as new ones are written; 0: keep all"""
     eval_interval: int = 50
     """evaluate the current policy every this many updates"""
     eval_episodes: int = 1
@@ -377,6 +379,7 @@ RANGES = [(("learning_rate", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf
           (("learning_rate", "clip_coef", "max_grad_norm", "target_kl"), lambda value: value > 0, "positive"),
           (("ent_coef", "vf_coef"), lambda value: value >= 0, "0 or more"),
           (("eval_episodes",), lambda value: value >= 0, "0 (off) or more"),
+          (("keep_checkpoints",), lambda value: value >= 0, "0 (all) or more"),
           (("gamma", "gae_lambda"), lambda value: 0 <= value <= 1, "in [0, 1]")]
 
 
@@ -676,6 +679,10 @@ class Run(contextlib.AbstractContextManager):
         except OSError as e:  # a full disk, say: the checkpoints already written stay as they were
             raise SaveFailed(f"cannot save {path}: {e.strerror or e}") from None
         self.last_saved, self.last_checkpoint = self.last_update, path
+        others = sorted(set(glob.glob(os.path.join(self.checkpoint_dir, "checkpoint_update*.pt"))) - {path})
+        keep = self.args.keep_checkpoints - 1  # besides the one just written; the rest by update, oldest first
+        for old in others[: max(0, len(others) - keep)] if keep >= 0 and self.rank == 0 else ():
+            os.remove(old)
 
     def __exit__(self, kind, error, traceback):
         """The end, however it came: the last whole update saved unless it is, the envs closed, the exit status set."""

@@ -377,6 +377,24 @@ def test_resume_takes_a_file_a_folders_newest_or_auto(tmp_path, monkeypatch):
 # ----- One tiny PPO iteration of the real trainer, in this process -----
 
 
+def run_main(monkeypatch, *argv):
+    """ppo_pokemon.main() in this process with these arguments; what it sets for the whole process is restored."""
+    monkeypatch.setattr("sys.argv", ["ppo_pokemon.py", *map(str, argv)])
+    monkeypatch.setattr(ppo_pokemon.warnings, "showwarning", ppo_pokemon.warnings.showwarning)
+    monkeypatch.setattr(ppo_pokemon.sys, "excepthook", ppo_pokemon.sys.excepthook)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    threads = torch.get_num_threads()
+    try:
+        ppo_pokemon.main()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        torch.set_num_threads(threads)
+
+
+IN_PROCESS = ["--num-envs", "2", "--eval-episodes", "0", "--vec-backend", "serial", "--torch-threads", "1"]
+
+
 def test_one_ppo_iteration_in_process_leaves_the_reset_steps_out_of_the_minibatches(tmp_path, monkeypatch,
                                                                                     standin_rom):
     """main() itself: 2 envs x 48 steps, episodes of 40 steps, so each env has one reset step (its action ignored,
@@ -389,22 +407,25 @@ def test_one_ppo_iteration_in_process_leaves_the_reset_steps_out_of_the_minibatc
 
     monkeypatch.setattr(ppo_pokemon, "ppo_loss", recording_ppo_loss)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["ppo_pokemon.py", "--rom-path", str(standin_rom), "--num-envs", "2",
-                                     "--num-steps", "48", "--minibatch-size", "48", "--total-timesteps", "96",
-                                     "--max-steps", "40", "--update-epochs", "2", "--eval-episodes", "0",
-                                     "--vec-backend", "serial", "--torch-threads", "1"])
-    # main() sets these for the whole process: restored after the test
-    monkeypatch.setattr(ppo_pokemon.warnings, "showwarning", ppo_pokemon.warnings.showwarning)
-    monkeypatch.setattr(ppo_pokemon.sys, "excepthook", ppo_pokemon.sys.excepthook)
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    threads = torch.get_num_threads()
-    try:
-        ppo_pokemon.main()
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        torch.set_num_threads(threads)
+    run_main(monkeypatch, "--rom-path", standin_rom, *IN_PROCESS, "--num-steps", "48", "--minibatch-size", "48",
+             "--total-timesteps", "96", "--max-steps", "40", "--update-epochs", "2")
     assert [len(advantages) for advantages in seen] == [47, 47] * 2  # 94 a epoch, in two near-equal minibatches
     assert all((advantages != 0).all() for advantages in seen)  # none of them a reset step
     (checkpoint,) = (tmp_path / "checkpoints").glob("*/checkpoint_update000001.pt")
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 96
+
+
+@pytest.mark.slow  # two short trainings
+def test_keep_checkpoints_keeps_the_newest_and_never_the_one_just_written(tmp_path, monkeypatch, standin_rom):
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--rom-path", standin_rom, *IN_PROCESS, "--num-steps", "8", "--minibatch-size", "16",
+            "--update-epochs", "1", "--save-interval", "1", "--run-name", "kept"]
+    run_main(monkeypatch, *tiny, "--total-timesteps", "64", "--keep-checkpoints", "2")  # 4 updates
+    folder = tmp_path / "checkpoints" / "kept"
+    names = lambda: sorted(path.name for path in folder.iterdir())  # noqa: E731
+    assert names() == ["checkpoint_update000003.pt", "checkpoint_update000004.pt"]
+    # Resumed from update 3 while a later-named checkpoint lies there: the new update 4 stays, not the later name.
+    (folder / "checkpoint_update000009.pt").write_bytes((folder / "checkpoint_update000004.pt").read_bytes())
+    run_main(monkeypatch, "--resume", folder / "checkpoint_update000003.pt", "--keep-checkpoints", "1")
+    assert names() == ["checkpoint_update000004.pt"]
+    assert torch.load(folder / "checkpoint_update000004.pt", weights_only=True)["args"]["keep_checkpoints"] == 1
