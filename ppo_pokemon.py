@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import functools
 import glob
+import importlib.util
 import math
 import os
 import random
@@ -50,6 +51,12 @@ class Args:
     """ask cuDNN for deterministic kernels (slower on GPU, no effect on CPU)"""
     cuda: bool = True
     """use a CUDA GPU when one is present"""
+    track: bool = False
+    """if toggled, track the run with Weights and Biases (WANDB_MODE=offline keeps it on this machine)"""
+    wandb_project_name: str = "pokemon-red-ppo"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
 
     # Algorithm specific arguments
     total_timesteps: int = 500_000
@@ -414,6 +421,7 @@ def check_args(args: Args, physical_cores: int, world_size: int = 1) -> Optional
          f"--run-name must be a plain folder name (got {args.run_name!r})"),
         (not os.path.isfile(env.rom_path), f"ROM not found: {env.rom_path}: put your own legally obtained Pokemon "
          f"Red there (SHA-1 {pokemon_env.RED_SHA1}), or try --rom-path roms/standin.gb"),
+        (args.track and not importlib.util.find_spec("wandb"), "--track needs wandb: pip install -r requirements.txt"),
     ]
     try:  # then the ROM's and the start states' contents (an unknown ROM is warned of here)
         return next((message for found, message in problems if found), None) or (
@@ -486,6 +494,7 @@ class Run(contextlib.AbstractContextManager):
         args.env.init_state = args.env.start_state_files()  # folders as their files: the run keeps its states
         self.args, self.saved_args = args, flat_args(args)  # as given, before main() derives the sizes
         self.signal, self.interrupts, self.writer, self.envs, self.eval_env = None, True, None, None, None
+        self.wandb_run = None
         self.weights_whole, self.last_checkpoint, self.clock, self.best_badges = True, self.resume_path, {}, 0.0
         self.last_update = self.last_saved = self.last_update_step = self.start_global_step = 0
         self.recent_returns, self.visit_counts, self.heatmap_episodes = deque(maxlen=20), {}, 0
@@ -545,6 +554,7 @@ class Run(contextlib.AbstractContextManager):
         for seed in (random.seed, np.random.seed, torch.manual_seed) if self.rank > 0 else ():
             seed(args.seed + self.rank + self.last_update_step)  # this rank's own episodes and samples
         if self.rank == 0:
+            self.wandb_run = start_tracking(args, self.run_name, self.saved_args, checkpoint) if args.track else None
             # Departure from CleanRL: on resume, purge_step hides the events logged after the checkpoint.
             self.writer = SummaryWriter(self.log_dir, purge_step=self.last_update_step + 1 if checkpoint else None)
             for tag, columns, rows in (("hyperparameters", "argument | value", self.saved_args.items()),
@@ -671,7 +681,7 @@ class Run(contextlib.AbstractContextManager):
                           run_name=self.run_name, rng=rng_states(), obs_shape=list(agent.obs_shape),
                           num_actions=agent.actor.out_features, rom_sha1=self.envs.rom.sha1,
                           rom_name=os.path.basename(self.args.env.rom_path), best_badges=self.best_badges,
-                          torch_version=str(torch.__version__))
+                          torch_version=str(torch.__version__), wandb_id=getattr(self.wandb_run, "id", None))
         self.interrupts = False  # a first stop lets the save end (and then stops the run: end_update, __exit__)
         try:
             if self.rank == 0:
@@ -701,6 +711,11 @@ class Run(contextlib.AbstractContextManager):
         if self.writer is not None:
             self.writer.close()
             print(end="\n" * sys.stdout.isatty())
+        try:  # tracking never fails a run: W&B's trouble (its service gone, say) is one warning
+            if self.wandb_run is not None:
+                self.wandb_run.finish(exit_code=0 if error is None else 128 + self.signal if self.signal else 1)
+        except Exception as e:
+            warnings.warn(f"W&B could not end its run ({pokemon_env.first_line(e)}); this run is whole")
         last = self.last_checkpoint
         resume = f"; continue with: python ppo_pokemon.py --resume {last}" if last else ""
         saved = f"last checkpoint {last}" if last else "no update finished, nothing saved"
@@ -716,6 +731,18 @@ class Run(contextlib.AbstractContextManager):
         if self.rank == 0:
             print(f"done: {self.last_update_step:,} steps in "
                   f"{datetime.timedelta(seconds=round(time.time() - self.start_time))}; {saved}")
+
+
+def start_tracking(args: Args, run_name: str, config: dict, checkpoint: Optional[dict]):
+    """CleanRL's --track: a W&B run named as ours, the flat arguments its config, TensorBoard synced into it; a
+    resumed run continues its W&B run (the checkpoint keeps its id). Refused in one line if it cannot start."""
+    import wandb  # only when asked for
+
+    try:
+        return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name, config=config,
+                          id=(checkpoint or {}).get("wandb_id"), resume="allow", sync_tensorboard=True)
+    except Exception as e:  # no account, a wrong entity, no network: what W&B says, in one line
+        fail(f"--track: W&B did not start: {pokemon_env.first_line(e)} (WANDB_MODE=offline keeps runs here)")
 
 
 # TensorBoard names for the episode stats that the original design logs under its own names.
