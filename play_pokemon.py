@@ -377,6 +377,8 @@ def play_episode(env, agent, seed: int, greedy: bool, recorder: Optional[Recorde
     action_counts = dict.fromkeys(pokemon_env.ACTIONS, 0)
     episode_return, episode_length = 0.0, 0
     while True:
+        if stop_signal is not None:  # Ctrl-C or SIGTERM, raised here between two steps (see interrupt)
+            raise KeyboardInterrupt(stop_signal)
         action = choose_action(agent, next_obs, greedy)
         next_obs, reward, terminated, truncated, info = env.step(action)
         action_counts[pokemon_env.ACTIONS[action]] += 1
@@ -538,9 +540,16 @@ def main(argv=None):
         sys.exit(128 + interrupted)
 
 
+stop_signal = None  # the first Ctrl-C or SIGTERM, noted by `interrupt`
+
+
 def interrupt(signum, frame):
-    """Ctrl-C, and SIGTERM (from `timeout`, `docker stop`, a batch scheduler) as Ctrl-C."""
-    raise KeyboardInterrupt(signum)
+    """Ctrl-C, and SIGTERM (from `timeout`, `docker stop`, a batch scheduler) as Ctrl-C: the episode stops at its
+    next step, a second signal at once. Raised here, the first could land inside PyBoy's tick, which swallows it."""
+    global stop_signal
+    if stop_signal is not None:
+        raise KeyboardInterrupt(signum)
+    stop_signal = signum
 
 
 if __name__ == "__main__":

@@ -1166,6 +1166,7 @@ def _worker(worker, env_creators, env_args, env_kwargs, start_states, memory, nu
             rows, shared_control, shared_seeds, wake, finished, pipe):
     """One worker process: make its envs, then sleep until woken, step or reset them, signal `finished`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's: it stops the workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a forked copy of the trainer's handler: SIGTERM ends a worker
     add_booted_start_states(start_states)  # a spawned worker does not replay the intro
     warnings.simplefilter("ignore", UnknownRomWarning)  # the main process has said it once
     commands, statuses = np.frombuffer(shared_control, np.uint8).reshape(2, -1)

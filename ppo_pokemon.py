@@ -284,6 +284,7 @@ def main():
             run.phase("rollout")  # one torch thread for the policy; times the phase
             episode_infos = []  # the episodes that end in this rollout
             for step in range(0, args.num_steps):
+                run.stop_if_asked()  # Ctrl-C, SIGTERM: this rollout is dropped, the last whole update saved
                 # Departure from CleanRL: the policy acts for one group of envs while the other group's emulators
                 # run. A group's step comes back (recv) just before its next turn, and goes where its send says.
                 results = (next_obs.numpy(), next_done, rewards[step], terminations[step], truncations[step],
@@ -493,8 +494,7 @@ class Run(contextlib.AbstractContextManager):
         fail_on_any_rank(check_args(args, self.cores, self.world_size))
         args.env.init_state = args.env.start_state_files()  # folders as their files: the run keeps its states
         self.args, self.saved_args = args, flat_args(args)  # as given, before main() derives the sizes
-        self.signal, self.interrupts, self.writer, self.envs, self.eval_env = None, True, None, None, None
-        self.wandb_run = None
+        self.signal, self.writer, self.envs, self.eval_env, self.wandb_run = None, None, None, None, None
         self.weights_whole, self.last_checkpoint, self.clock, self.best_badges = True, self.resume_path, {}, 0.0
         self.last_update = self.last_saved = self.last_update_step = self.start_global_step = 0
         self.recent_returns, self.visit_counts, self.heatmap_episodes = deque(maxlen=20), {}, 0
@@ -576,12 +576,16 @@ class Run(contextlib.AbstractContextManager):
         return self.last_update_step, self.last_update + 1
 
     def on_signal(self, signum, frame):
-        """Ctrl-C, SIGTERM: the first stops the run, saving (after an update or a save under way); a second aborts."""
+        """Ctrl-C, SIGTERM: the first stops the run at its next step (see stop_if_asked); a second aborts."""
         if self.signal is not None:
             raise SystemExit(128 + signum)  # checkpoints on disk are whole: they are written atomically
         self.signal, name = signum, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(f"\n{name}: stopping to save a checkpoint of the last whole update (again: abort)", flush=True)
-        if self.interrupts:  # a rollout's or an evaluation's work is dropped
+
+    def stop_if_asked(self):
+        """Between two steps of a rollout or an evaluation (its work is dropped), after an update and its save. Not
+        in the signal handler: an exception raised there can land inside PyBoy's tick, which swallows it."""
+        if self.signal is not None:
             raise RunStopped("stopped")
 
     def phase(self, name: str):
@@ -591,7 +595,7 @@ class Run(contextlib.AbstractContextManager):
         # small to share out: on 2 cores a second thread did not speed it up, and its spinning between calls
         # slowed the emulators' steps 1.6x (benchmarks/README.md).
         torch.set_num_threads((self.args.torch_threads or self.cores) if name == "update" else 1)
-        self.interrupts = self.weights_whole = name == "rollout"  # a stop lets an update end; see update_done
+        self.weights_whole = name == "rollout"  # weights halfway through an update are never saved (update_done)
 
     def log(self, global_step: int, scalars: dict):
         for tag, value in scalars.items() if self.rank == 0 else ():
@@ -646,9 +650,7 @@ class Run(contextlib.AbstractContextManager):
                   end="\r" if sys.stdout.isatty() else "\n", flush=True)
         if iteration % args.save_interval == 0 or iteration == self.num_iterations:
             self.save()
-        self.interrupts = True
-        if self.signal is not None:  # asked for during the update
-            raise RunStopped("stopped")
+        self.stop_if_asked()  # asked for during the update or the save
         if args.eval_episodes > 0 and iteration % args.eval_interval == 0:
             self.evaluate(iteration, global_step)
 
@@ -662,6 +664,7 @@ class Run(contextlib.AbstractContextManager):
         for episode in range(self.rank, args.eval_episodes, self.world_size):
             next_obs, info = self.eval_env.reset(seed=args.seed + 1_000_000 + episode)
             while not info:  # the env's info is empty until the episode's end
+                self.stop_if_asked()
                 next_obs, _, _, _, info = self.eval_env.step(choose_action(self.agent, next_obs))
             results.append(info)
         results = [result for rank_results in all_gather(results) for result in rank_results]
@@ -682,7 +685,6 @@ class Run(contextlib.AbstractContextManager):
                           num_actions=agent.actor.out_features, rom_sha1=self.envs.rom.sha1,
                           rom_name=os.path.basename(self.args.env.rom_path), best_badges=self.best_badges,
                           torch_version=str(torch.__version__), wandb_id=getattr(self.wandb_run, "id", None))
-        self.interrupts = False  # a first stop lets the save end (and then stops the run: end_update, __exit__)
         try:
             if self.rank == 0:
                 write_atomically(path, functools.partial(torch.save, checkpoint))
@@ -696,7 +698,6 @@ class Run(contextlib.AbstractContextManager):
 
     def __exit__(self, kind, error, traceback):
         """The end, however it came: the last whole update saved unless it is, the envs closed, the exit status set."""
-        self.interrupts = False
         for env in (self.envs, self.eval_env):
             if env is not None:
                 env.close()

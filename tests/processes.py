@@ -7,8 +7,10 @@ import os
 import queue
 import signal
 import subprocess
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -96,3 +98,35 @@ def processes_in(cwd, settle: float = 0.5) -> list:
 def children_in(pid: int, cwd) -> list:
     """The children of process `pid` running from `cwd`: a trainer's env workers, say."""
     return [child for child in psutil.Process(pid).children() if child.cwd() == str(cwd)]
+
+
+def patched_script(folder, script: str, patch: str) -> Path:
+    """A script in `folder` that applies `patch` (Python source), then runs `script` as `python script` would."""
+    path = Path(folder) / "driver.py"
+    path.write_text("\n".join([
+        "import runpy, sys, warnings",
+        "warnings.filterwarnings('ignore', message='The pynvml package is deprecated')  # as the scripts do",
+        f"sys.path.insert(0, {str(Path(script).parent)!r})",
+        textwrap.dedent(patch).strip(),
+        f"sys.argv[0] = {script!r}",
+        f"runpy.run_path({script!r}, run_name='__main__')",
+    ]) + "\n")
+    return path
+
+
+def signal_inside_the_tick(signum, when: str) -> str:
+    """A patch that sends `signum` once, the first time `when` (Python; `calls` counts the reads) is true, from
+    inside PyBoy's tick: it reads PIL's Image.readonly every frame, from code that cannot pass an exception on.
+    It says so on stderr, so that a test can check it happened."""
+    return f"""
+        import glob, os, sys, PIL.Image
+        readonly = PIL.Image.Image.readonly
+        def readonly_then_signal(image, calls=[0]):
+            calls[0] += 1
+            if calls[0] > 0 and ({when}):
+                calls[0] = -10**12  # once
+                print("signal from inside the tick", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), {int(signum)})  # its handler runs before this function returns
+            return readonly.fget(image)
+        PIL.Image.Image.readonly = property(readonly_then_signal, readonly.fset)
+    """

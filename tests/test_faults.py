@@ -2,19 +2,17 @@
 the main process, non-finite numbers, a failed save, unwritable folders, stale temporary files.
 
 Each test runs the real trainer in a subprocess on the stand-in cartridge. Failures are injected by a
-small driver that patches a library function and then runs ppo_pokemon.py as __main__.
+small driver (processes.patched_script) that patches a library function and then runs ppo_pokemon.py.
 """
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from processes import Started, children_in, processes_in
+from processes import Started, children_in, patched_script, processes_in, signal_inside_the_tick
 from test_ppo_train import STANDIN_ROM, TINY, TRAINER, assert_one_line_error, checkpoints
 
 pytestmark = pytest.mark.slow
@@ -23,24 +21,10 @@ LONG = [*TINY, "--total-timesteps", "1000000", "--save-interval", "1000"]  # run
 WORKERS = ["--vec-backend", "multiprocessing", "--num-workers", "2"]  # the default on 2 cores, asked for
 
 
-def start(cwd, *extra, driver=None) -> Started:
+def start(cwd, *extra, patch=None) -> Started:
     """The trainer in a session of its own (so a test can signal it as a terminal would)."""
-    program = [str(driver)] if driver else [TRAINER]
+    program = [str(patched_script(cwd, TRAINER, patch))] if patch else [TRAINER]
     return Started([sys.executable, *program, "--rom-path", str(STANDIN_ROM), *extra], cwd)
-
-
-def driver(tmp_path, patch: str) -> Path:
-    """A script that applies `patch`, then runs the trainer as `python ppo_pokemon.py` would."""
-    path = tmp_path / "driver.py"
-    path.write_text("\n".join([
-        "import runpy, sys, warnings",
-        "warnings.filterwarnings('ignore', message='The pynvml package is deprecated')  # as the trainer does",
-        f"sys.path.insert(0, {str(Path(TRAINER).parent)!r})",
-        textwrap.dedent(patch).strip(),
-        f"sys.argv[0] = {TRAINER!r}",
-        f"runpy.run_path({TRAINER!r}, run_name='__main__')",
-    ]) + "\n")
-    return path
 
 
 def test_an_exception_in_the_main_process_stops_the_workers(tmp_path):
@@ -50,7 +34,7 @@ def test_an_exception_in_the_main_process_stops_the_workers(tmp_path):
             raise RuntimeError("injected bug")
         torch.nn.utils.clip_grad_norm_ = broken
     """
-    process = start(tmp_path, *LONG, *WORKERS, driver=driver(tmp_path, patch))
+    process = start(tmp_path, *LONG, *WORKERS, patch=patch)
     stdout, stderr = process.finish(timeout=60)
     assert process.returncode == 1, stdout + stderr
     assert "Traceback" in stderr and "injected bug" in stderr  # a bug: its traceback is shown
@@ -87,7 +71,7 @@ def test_an_env_that_fails_in_a_worker_ends_the_run_in_one_line_with_a_checkpoin
             return real_step(self, action)
         pokemon_env.PokemonRedEnv.reset, pokemon_env.PokemonRedEnv.step = reset, step
     """
-    process = start(tmp_path, *LONG, *WORKERS, driver=driver(tmp_path, patch))
+    process = start(tmp_path, *LONG, *WORKERS, patch=patch)
     stdout, stderr = process.finish(timeout=120)
     assert process.returncode == 1, stdout + stderr
     (line,) = stderr.strip().splitlines()
@@ -143,9 +127,22 @@ def test_sigterm_to_the_process_group_during_evaluation_saves_and_leaves_no_proc
     stdout, stderr = process.finish(timeout=60)
     assert process.returncode == 143, stdout + stderr
     assert "stopped at step 64" in stdout and "eval after update" not in stdout
+    assert stdout.count("SIGTERM: stopping") == 1  # the main process's: a worker does not run its handler
     (path,) = checkpoints(tmp_path)
     assert torch.load(path, weights_only=True)["update"] == 1
     assert not processes_in(tmp_path)
+
+
+def test_a_signal_handled_inside_the_emulators_tick_still_stops_the_run_with_a_checkpoint(tmp_path):
+    """A stop that the signal handler raised would be lost inside PyBoy's tick (see signal_inside_the_tick)."""
+    patch = signal_inside_the_tick(signal.SIGTERM, when="glob.glob('checkpoints/*/*.pt')")
+    process = start(tmp_path, *LONG, "--save-interval", "1", "--eval-episodes", "0", patch=patch)
+    stdout, stderr = process.finish(timeout=60)
+    assert "signal from inside the tick" in stderr, stdout + stderr
+    assert process.returncode == 143 and "Traceback" not in stderr, stdout + stderr
+    assert "stopped at step 64;" in stdout
+    (path,) = checkpoints(tmp_path)
+    assert torch.load(path, weights_only=True)["update"] == 1
 
 
 def test_a_second_ctrl_c_aborts_the_save_at_once_and_leaves_no_partial_file(tmp_path):
@@ -158,7 +155,7 @@ def test_a_second_ctrl_c_aborts_the_save_at_once_and_leaves_no_partial_file(tmp_
             return real_save(*args, **kwargs)
         torch.save = slow_save
     """
-    process = start(tmp_path, *LONG, driver=driver(tmp_path, patch))
+    process = start(tmp_path, *LONG, patch=patch)
     process.wait_for_line("update 2/")
     process.signal_group(signal.SIGINT)
     process.wait_for_line("Ctrl-C: stopping to save")
@@ -183,7 +180,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_p
             return real_save(obj, f, *args, **kwargs)
         torch.save = save_on_a_full_disk
     """
-    process = start(tmp_path, *LONG, "--save-interval", "1", driver=driver(tmp_path, patch))
+    process = start(tmp_path, *LONG, "--save-interval", "1", patch=patch)
     stdout, stderr = process.finish(timeout=120)
     assert process.returncode == 1, stdout + stderr
     (line,) = stderr.strip().splitlines()

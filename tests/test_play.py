@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from processes import Started
+from processes import Started, patched_script, signal_inside_the_tick
 
 import pokemon_env
 
@@ -306,6 +306,19 @@ def test_ctrl_c_and_sigterm_keep_what_was_played(trained, tmp_path, signum):
     assert report["interrupted"] is True and 2 <= len(report["episodes"]) < 1000
     with Image.open(tmp_path / "stopped.gif") as gif:
         assert gif.size == (160, 144) and gif.n_frames > 1
+
+
+def test_ctrl_c_inside_the_emulators_tick_still_stops_the_episodes(trained, tmp_path):
+    """A KeyboardInterrupt that the signal handler raised would be lost inside PyBoy's tick."""
+    cwd, checkpoint = trained
+    patch = signal_inside_the_tick(signal.SIGINT, when="calls[0] > 2000")  # a few episodes in
+    command = [sys.executable, str(patched_script(tmp_path, PLAYER, patch)), "--checkpoint", str(checkpoint),
+               "--episodes", "1000", "--max-steps", "20"]
+    process = Started(command, cwd)
+    stdout, stderr = process.finish(timeout=120)
+    assert "signal from inside the tick" in stderr, stdout + stderr
+    assert process.returncode == 130 and "Traceback" not in stderr, stdout + stderr
+    assert "Ctrl-C: stopped after" in stdout
 
 
 # ----- refusals: one line on stderr, exit status 2 -----
