@@ -78,8 +78,9 @@ class Args:
     """the study's name in the storage; its runs go to sweeps/<study-name>/"""
     storage: Optional[str] = None
     """an Optuna storage URL (postgresql://user@host/db for several machines); None: a SQLite file in the study's folder"""
-    metric: str = "eval/mean_reward"
-    """the trainer's TensorBoard tag that judges a trial (higher is better)"""
+    metric: str = "episode/event_flags"
+    """the trainer's TensorBoard tag that judges a trial (higher is better); not a return, which the swept reward
+    weights would scale: the story's event flags of the training episodes (free: no evaluation needed)"""
     last_values: int = 3
     """a run's value: the mean of the metric's last this many points"""
     space: list[str] = dataclasses.field(default_factory=list)

@@ -2,6 +2,8 @@
 
     python benchmarks/learning.py                       # 3 seeds x 300,000 steps: 1-1.5 hours on 2 cores
     python benchmarks/learning.py --total-timesteps 20000 --seeds 1   # a quick look
+    python benchmarks/learning.py --workdir DIR -- --gamma 0.997      # other settings: flags after -- go to
+                                                                      # every training run (a sweep's best)
 
 Trains one run per seed (two at a time by default, one torch thread each), then plays each final
 checkpoint with play_pokemon.py (sampled actions, as in training) and a uniformly random policy
@@ -29,12 +31,13 @@ ROM = os.path.join(ROOT, "roms", "standin.gb")
 METRICS = ["episode_return", "badges", "level_sum", "unique_tiles", "event_flags", "pokedex_owned"]
 
 
-def train(seeds, total_timesteps: int, parallel: int, workdir: str) -> dict:
-    """Run ppo_pokemon.py once per seed, `parallel` at a time; return {seed: final checkpoint}."""
+def train(seeds, total_timesteps: int, parallel: int, workdir: str, trainer_args: list) -> dict:
+    """Run ppo_pokemon.py once per seed (with `trainer_args`), `parallel` at a time; return {seed: final checkpoint}."""
     running, checkpoints = [], {}
     for seed in seeds:
         command = [sys.executable, os.path.join(ROOT, "ppo_pokemon.py"), "--rom-path", ROM, "--seed", str(seed),
-                   "--total-timesteps", str(total_timesteps), "--exp-name", "learning", "--torch-threads", "1"]
+                   "--total-timesteps", str(total_timesteps), "--exp-name", "learning", "--torch-threads", "1",
+                   *trainer_args]
         log = open(os.path.join(workdir, f"train_seed{seed}.log"), "w")
         running.append((seed, subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT), log))
         if len(running) >= parallel or seed == seeds[-1]:
@@ -93,10 +96,12 @@ def main():
     parser.add_argument("--episodes", type=int, default=5, help="evaluation episodes per seed and policy")
     parser.add_argument("--max-steps", type=int, default=4096, help="evaluation episode length (training default)")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "benchmarks", "results", "learning"))
-    options = parser.parse_args()
+    argv = sys.argv[1:]
+    trainer_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     os.makedirs(options.workdir, exist_ok=True)
 
-    checkpoints = train(options.seeds, options.total_timesteps, options.parallel, options.workdir)
+    checkpoints = train(options.seeds, options.total_timesteps, options.parallel, options.workdir, trainer_args)
     rows, results = [], {"command": " ".join(["python benchmarks/learning.py"] + sys.argv[1:]), "seeds": {}}
     for seed in options.seeds:
         trained = play_checkpoint(checkpoints[seed], options.episodes, seed, options.max_steps, options.workdir)

@@ -70,3 +70,25 @@ def test_speedup_checks_out_a_commit_and_times_backends_in_turn(tmp_path):
     assert set(rates) == {"old", "new"} and min(rates.values()) > 0
     windows = [turns[i : i + 5] for i in range(0, len(turns), 5)]
     assert windows == [["old"] * 5, ["new"] * 5, ["new"] * 5, ["old"] * 5, ["old"] * 5, ["new"] * 5]
+
+
+@pytest.mark.slow
+def test_learning_benchmark_trains_every_seed_with_the_flags_after_the_separator(tmp_path):
+    """learning.py as a sweep's best settings are compared with it: every seed's run takes the flags after --."""
+    import json
+    import subprocess
+
+    import torch
+
+    command = [sys.executable, str(Path(throughput.ROOT) / "benchmarks" / "learning.py"), "--seeds", "1", "2",
+               "--total-timesteps", "128", "--episodes", "1", "--max-steps", "8", "--workdir", str(tmp_path), "--",
+               "--num-envs", "2", "--num-steps", "32", "--minibatch-size", "32", "--gamma", "0.97", "--eval-episodes", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((tmp_path / "learning.json").read_text())
+    assert sorted(results["seeds"]) == ["1", "2"] and "-- --num-envs 2" in results["command"]
+    for seed, found in results["seeds"].items():
+        checkpoint = torch.load(tmp_path / found["checkpoint"], weights_only=True)
+        assert checkpoint["args"]["gamma"] == 0.97 and checkpoint["args"]["seed"] == int(seed)
+        assert checkpoint["global_step"] == 128 and len(found["trained"]) == len(found["random"]) == 1
+    assert "| 1 | PPO |" in result.stdout and "| 2 | random |" in result.stdout
