@@ -553,8 +553,10 @@ class Run(contextlib.AbstractContextManager):
             set_rng_states(checkpoint["rng"])
         for seed in (random.seed, np.random.seed, torch.manual_seed) if self.rank > 0 else ():
             seed(args.seed + self.rank + self.last_update_step)  # this rank's own episodes and samples
+        self.wandb_run, problem = start_tracking(args, self.run_name, self.saved_args, checkpoint) if (
+            args.track and self.rank == 0) else (None, None)
+        fail_on_any_rank(problem)  # every rank refuses together
         if self.rank == 0:
-            self.wandb_run = start_tracking(args, self.run_name, self.saved_args, checkpoint) if args.track else None
             # Departure from CleanRL: on resume, purge_step hides the events logged after the checkpoint.
             self.writer = SummaryWriter(self.log_dir, purge_step=self.last_update_step + 1 if checkpoint else None)
             for tag, columns, rows in (("hyperparameters", "argument | value", self.saved_args.items()),
@@ -736,14 +738,14 @@ class Run(contextlib.AbstractContextManager):
 
 def start_tracking(args: Args, run_name: str, config: dict, checkpoint: Optional[dict]):
     """CleanRL's --track: a W&B run named as ours, the flat arguments its config, TensorBoard synced into it; a
-    resumed run continues its W&B run (the checkpoint keeps its id). Refused in one line if it cannot start."""
+    resumed run continues its W&B run (the checkpoint keeps its id). (W&B's run, None) or (None, why it did not start)."""
     import wandb  # only when asked for
 
     try:
         return wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_name, config=config,
-                          id=(checkpoint or {}).get("wandb_id"), resume="allow", sync_tensorboard=True)
+                          id=(checkpoint or {}).get("wandb_id"), resume="allow", sync_tensorboard=True), None
     except Exception as e:  # no account, a wrong entity, no network: what W&B says, in one line
-        fail(f"--track: W&B did not start: {pokemon_env.first_line(e)} (WANDB_MODE=offline keeps runs here)")
+        return None, f"--track: W&B did not start: {pokemon_env.first_line(e)} (WANDB_MODE=offline keeps runs here)"
 
 
 # TensorBoard names for the episode stats that the original design logs under its own names.

@@ -157,8 +157,13 @@ def sample(trial: optuna.Trial, space: dict, flags: dict) -> list[str]:
             value = trial.suggest_int(flag, int(spec[0]), int(spec[1]), log=spec[2])
         else:
             value = trial.suggest_float(flag, spec[0], spec[1], log=spec[2])
-        argv += [f"--{flag}", str(value)]
+        argv += [f"--{flag}", as_flag(value)]
     return argv
+
+
+def as_flag(value) -> str:
+    """A sampled value as the trainer gets it, and the report shows it: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def metric_points(run_dir: Path, metric: str) -> list[float]:
@@ -261,7 +266,7 @@ def report(study: optuna.Study, folder: Path, best: int = 5):
           + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) + ")")
     command = study.user_attrs.get("command", [])
     for trial in sorted(complete, key=lambda t: t.value, reverse=True)[:best]:
-        flags = " ".join(f"--{flag} {value}" for flag, value in trial.params.items())
+        flags = " ".join(f"--{flag} {as_flag(value)}" for flag, value in trial.params.items())
         print(f"trial {trial.number}: {study.user_attrs.get('metric')} {trial.value:.4g}\n"
               f"    python ppo_pokemon.py {' '.join(command)} {flags}".rstrip())
     draw_history(study, folder / "history.png")

@@ -101,3 +101,15 @@ def test_tracking_that_breaks_during_the_run_is_one_warning_and_the_run_finishes
     ours = [line for line in stderr.splitlines() if line.startswith("ppo_pokemon.py:")]
     assert len(ours) == 1 and ours[0].startswith("ppo_pokemon.py: warning: W&B could not end its run"), ours
     assert len(checkpoints(tmp_path)) == 5
+
+
+def test_track_refused_under_torchrun_is_one_line_from_rank_0_and_every_rank_stops(tmp_path, monkeypatch):
+    from test_distributed import torchrun
+
+    for name, value in {"WANDB_MODE": "online", "WANDB_API_KEY": "", "WANDB_BASE_URL": "http://127.0.0.1:9"}.items():
+        monkeypatch.setenv(name, value)
+    result = torchrun(tmp_path, "--standalone", "--nproc-per-node", "2", extra=["--track"])
+    assert result.returncode != 0, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--track: W&B did not start:" in errors[0], result.stderr
+    assert "lost contact" not in result.stdout + result.stderr and not checkpoints(tmp_path)
