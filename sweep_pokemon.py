@@ -166,13 +166,20 @@ def as_flag(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def metric_points(run_dir: Path, metric: str) -> list[float]:
-    """The metric's values so far in a run's TensorBoard events (none before the first is written)."""
-    if not run_dir.is_dir():
-        return []
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return [event.value for event in events.Scalars(metric)] if metric in events.Tags()["scalars"] else []
+class MetricPoints:
+    """A run's points of the metric so far, from its TensorBoard events: each read parses only what is new."""
+
+    def __init__(self, run_dir: Path, metric: str):
+        self.run_dir, self.metric, self.events = run_dir, metric, None
+
+    def read(self) -> list[float]:
+        if self.events is None and self.run_dir.is_dir():  # made by the trainer when it starts
+            self.events = EventAccumulator(str(self.run_dir), size_guidance={"scalars": 0, "images": 1})
+        if self.events is None:
+            return []
+        self.events.Reload()
+        found = self.metric in self.events.Tags()["scalars"]
+        return [event.value for event in self.events.Scalars(self.metric)] if found else []
 
 
 def ends_with_this_process():
@@ -192,6 +199,7 @@ else:
 def train(trial: optuna.Trial, seed: int, command: list, folder: Path, args: Args, reports: bool) -> float:
     """One run of the trial; its value. Reports the metric's points to Optuna when `reports`, and prunes."""
     run_name = f"trial{trial.number:04d}_seed{seed}"
+    metric = MetricPoints(folder / "runs" / run_name, args.metric)
     argv = [*command, "--seed", str(seed), "--run-name", run_name, "--resume", "auto",
             "--keep-checkpoints", str(args.keep_checkpoints)]
     with open(folder / f"{run_name}.log", "w") as log:
@@ -201,7 +209,7 @@ def train(trial: optuna.Trial, seed: int, command: list, folder: Path, args: Arg
             reported = 0
             while process.poll() is None:
                 time.sleep(POLL_SECONDS)
-                points = metric_points(folder / "runs" / run_name, args.metric) if reports else []
+                points = metric.read() if reports else []
                 for point in range(reported, len(points)):
                     trial.report(float(np.mean(points[max(0, point + 1 - args.last_values) : point + 1])), point)
                 reported = len(points)
@@ -213,7 +221,7 @@ def train(trial: optuna.Trial, seed: int, command: list, folder: Path, args: Arg
             if process.poll() is None:  # this sweep is stopping (Ctrl-C reaches the trainer too) or failing
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=600)
-    points = metric_points(folder / "runs" / run_name, args.metric)
+    points = metric.read()
     if process.returncode != 0:
         lines = (folder / f"{run_name}.log").read_text().strip().splitlines() or ["no output"]
         why = next((line for line in reversed(lines) if "error:" in line), lines[-1])
