@@ -239,18 +239,22 @@ def draw_history(study: optuna.Study, path: Path):
     if values:
         low, high = min(values), max(values) + 1e-9
         place = lambda n, v: (40 + int(560 * n / max(1, trials[-1].number)), 320 - int(280 * (v - low) / (high - low)))  # noqa: E731
-        best = None
+        best = []  # the best value so far: a step line from the first complete trial to the last trial
         for trial, value in zip(trials, values):
             complete = trial.state == optuna.trial.TrialState.COMPLETE
             cv2.circle(image, place(trial.number, value), 4, (60, 90, 200) if complete else (170, 170, 170), -1)
-            if complete and (best is None or value > best[1]):
-                if best is not None:
-                    cv2.line(image, place(*best), place(trial.number, best[1]), (40, 160, 40), 2)
-                    cv2.line(image, place(trial.number, best[1]), place(trial.number, value), (40, 160, 40), 2)
-                best = (trial.number, value)
+            if complete and (not best or value > best[-1][1]):
+                best += [(trial.number, best[-1][1])] if best else []
+                best.append((trial.number, value))
+        if best:
+            best.append((trials[-1].number, best[-1][1]))
+            cv2.polylines(image, [np.array([place(*point) for point in best], np.int32)], False, (40, 160, 40), 2)
         cv2.putText(image, f"{high:.3g}", (2, 44), cv2.FONT_HERSHEY_PLAIN, 0.9, (0, 0, 0), 1)
         cv2.putText(image, f"{low:.3g}", (2, 324), cv2.FONT_HERSHEY_PLAIN, 0.9, (0, 0, 0), 1)
-    cv2.putText(image, f"{study.study_name}: value by trial; blue complete, grey pruned, green the best so far",
+        for number in (trials[0].number, trials[-1].number):
+            cv2.putText(image, f"trial {number}", (place(number, low)[0] - 20, 348), cv2.FONT_HERSHEY_PLAIN, 0.9,
+                        (0, 0, 0), 1)
+    cv2.putText(image, f"{study.study_name}: each trial's value (grey: pruned), the best so far (green)",
                 (10, 20), cv2.FONT_HERSHEY_PLAIN, 0.9, (0, 0, 0), 1)
     cv2.imwrite(str(path), image[..., ::-1])
 
