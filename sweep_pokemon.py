@@ -300,15 +300,16 @@ def main():
     if not args.study_name.strip() or os.sep in args.study_name or args.study_name in "..":
         fail(f"--study-name must be a plain folder name (got {args.study_name!r})")
     folder = Path("sweeps") / args.study_name
-    folder.mkdir(parents=True, exist_ok=True)
     # The trainers run in the study's folder: paths given to them (--rom-path, --init-state) must still lead there.
     trainer_argv = [os.path.abspath(arg) if not arg.startswith("-") and os.path.exists(arg) else arg for arg in command]
     flags = trainer_flags()
     try:
         space = search_space(args.space, flags)
-        storage = open_storage(args.storage or f"sqlite:///{folder / 'study.db'}", args.heartbeat)
     except ValueError as e:
         fail(str(e))
+    folder.mkdir(parents=True, exist_ok=True)  # once the space is sound: a refused one leaves nothing behind
+    try:
+        storage = open_storage(args.storage or f"sqlite:///{folder / 'study.db'}", args.heartbeat)
     except Exception as e:  # SQLAlchemy's or the database's: no such driver, server, database or user
         fail(f"--storage {args.storage}: {pokemon_env.first_line(e)[:300]}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # what a trial did, we say ourselves, in one line

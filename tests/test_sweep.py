@@ -82,12 +82,13 @@ def test_a_killed_worker_fails_its_trial_and_the_same_command_goes_on(tmp_path):
 def test_an_unknown_flag_or_an_unusable_storage_is_refused_in_one_line(tmp_path):
     for extra, message in [(["--space", "learning_rate=1:2"], "--space: ppo_pokemon.py has no flag --learning_rate"),
                            (["--space", "gamma=0.9:x"], "--space gamma=0.9:x: give flag=low:high"),
-                           (["--storage", "nosuchdb://nowhere/x"], "--storage nosuchdb://nowhere/x:"),
-                           (["--trials", "0"], "--trials")]:
+                           (["--trials", "0"], "--trials"),
+                           (["--storage", "nosuchdb://nowhere/x"], "--storage nosuchdb://nowhere/x:")]:
         result = sweep(tmp_path, *extra)
         assert result.returncode == 2, result.stdout + result.stderr
         assert result.stderr.splitlines() == [result.stderr.strip()] and message in result.stderr, result.stderr
         assert result.stderr.startswith("sweep_pokemon.py: error: ")
+        assert "--storage" in extra or not (tmp_path / "sweeps").exists()  # a refused space leaves no folder
 
 
 # ----- Several workers on one PostgreSQL server, as on several machines -----
