@@ -3,7 +3,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from processes import Started, processes_in
+from test_distributed import free_port
 
 import sweep_pokemon
 
@@ -92,12 +92,6 @@ def test_an_unknown_flag_or_an_unusable_storage_is_refused_in_one_line(tmp_path)
 
 
 # ----- Several workers on one PostgreSQL server, as on several machines -----
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
