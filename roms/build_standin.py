@@ -527,7 +527,7 @@ RAM = {
     "wPokedexOwned": 0xD2F7, "wPokedexSeen": 0xD30A, "wRivalName": 0xD34A,
     "wObtainedBadges": 0xD356, "wCurMap": 0xD35E, "wYCoord": 0xD361, "wXCoord": 0xD362,
     "wLastMap": 0xD365, "wCurMapHeight": 0xD368, "wCurMapWidth": 0xD369,
-    "wEventFlags": 0xD747,
+    "wTownVisitedFlag": 0xD70B, "wEventFlags": 0xD747,
     # Our own: the VBlank handshake and the joypad latch in HRAM, the rest in WRAM $C200-.
     "hVBlankFlag": 0xFF91, "hJoyLatch": 0xFF92,
     "wPixelX": 0xC200, "wPixelY": 0xC201, "wMapW": 0xC202, "wMapH": 0xC203,
@@ -566,7 +566,7 @@ RNG_SEED = 0x2A5B  # reset at NEW GAME, so the route after the intro does not de
 # The museum ticket is a flag that is not progress, as in the real game: set by the ticket seller by
 # the gym's door, reset every frame on Route 1, which stands in for Pewter City (pokered
 # scripts/PewterCity.asm resets EVENT_BOUGHT_MUSEUM_TICKET every frame).
-EVENTS = {"ROUTE_YOUNGSTER": 32, "BATTLED_RIVAL_IN_OAKS_LAB": 35, "BOUGHT_MUSEUM_TICKET": 0x68,
+EVENTS = {"ROUTE_YOUNGSTER": 32, "GOT_STARTER": 34, "BATTLED_RIVAL_IN_OAKS_LAB": 35, "BOUGHT_MUSEUM_TICKET": 0x68,
           "BEAT_BROCK": 119}
 # Talks that run a script instead of, or after, their text: the leader, the starter's ball, and the
 # youngster, who gives a second CHARMANDER (the start menu's POKEMON switches the two).
@@ -1505,6 +1505,8 @@ EnterBedroom:                   ; new game and blackout: the bedroom, facing dow
 LoadMap:                        ; map a, player at row b, column c; drawn with the LCD off
     push bc
     ld [wCurMap], a
+    cp ROUTE_1_ID               ; maps below ROUTE_1 are towns: marked visited as they load
+    call c, MarkTownVisited
     ld hl, MapHeaders
 .find:
     cp [hl]
@@ -2004,6 +2006,8 @@ StarterBall:                    ; Oak's lab: the ball's Pokedex page, the starte
     xor a
     ld [wPokedexOwned], a
     call AddCharmander
+    ld hl, GOT_STARTER_BYTE     ; as the lab's script, once the starter is in the party (pokered
+    set GOT_STARTER_BIT, [hl]   ; scripts/OaksLab.asm)
     ld hl, TxtRivalChallenge
     call ShowText
     call CloseText
@@ -2035,6 +2039,28 @@ GymLeader:
 .say:
     call ShowText
     jp CloseText
+
+MarkTownVisited:                ; bit a of the 2-byte wTownVisitedFlag, as the real game's map load
+    push af                     ; (pokered engine/overworld/missable_objects.asm); keeps a
+    ld hl, wTownVisitedFlag
+    cp 8
+    jr c, .byte
+    inc hl
+    sub 8
+.byte:
+    ld b, a
+    inc b
+    ld a, 1
+.shift:
+    dec b
+    jr z, .set
+    add a
+    jr .shift
+.set:
+    or [hl]
+    ld [hl], a
+    pop af
+    ret
 
 AddCharmander:                  ; as AddPartyMon (pokered engine/pokemon/add_mon.asm): the count and
     ld hl, wPartyCount          ; species first, the nickname prompt (here a text), then the struct,
@@ -2465,7 +2491,7 @@ def symbols(tile_data: bytes, tiles: dict) -> dict:
     table.update({f"BOX_{name.upper()}": code for name, code in BOX.items()})
     owned_byte = RAM["wPokedexOwned"] + (STARTER["dex"] - 1) // 8
     seen_byte = RAM["wPokedexSeen"] + (STARTER["dex"] - 1) // 8
-    for name in ("BEAT_BROCK", "BATTLED_RIVAL_IN_OAKS_LAB", "BOUGHT_MUSEUM_TICKET"):
+    for name in ("BEAT_BROCK", "GOT_STARTER", "BATTLED_RIVAL_IN_OAKS_LAB", "BOUGHT_MUSEUM_TICKET"):
         table[f"{name}_BYTE"] = RAM["wEventFlags"] + EVENTS[name] // 8
         table[f"{name}_BIT"] = EVENTS[name] % 8
     table.update(

@@ -53,7 +53,9 @@ TALKS_WITHOUT_EVENT = {
     "TOWN_SIGN": (PALLET_TOWN, 6, 5),
 }
 BEAT_BROCK = 119  # D755 bit 7, set with the badge
+GOT_STARTER = 34  # D74B bit 2, set once the starter is in the party
 BATTLED_RIVAL_IN_OAKS_LAB = 35  # D74B bit 3, set after the rival's battle in the lab, won or lost
+TOWN_VISITED = 0xD70B  # wTownVisitedFlag, 2 bytes: bit 0 Pallet Town, set as its map loads
 LEADER = (PEWTER_GYM, 3, 1)
 STARTER_BALL = (OAKS_LAB, 3, 2)
 STARTER_DEX_OWNED = 0x4B  # wPokedexOwned's first byte while the ball's Pokedex page is up

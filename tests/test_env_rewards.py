@@ -86,12 +86,12 @@ def test_reading_the_pc_pays_nothing_but_meeting_the_youngster_pays_an_event_onc
     walk(env, ["a"] + standin_play.LAB_TO_ROUTE + standin_play.ROUTE_TO_GRASS)  # the starter, the rival
     walk(env, standin_play.GRASS_TO_YOUNGSTER)
     assert position(env) == (standin_play.ROUTE_1, 4, 3)
-    assert env.reward_totals["event"] == pytest.approx(1.6)  # the rival's battle in the lab
+    assert env.reward_totals["event"] == pytest.approx(3.2)  # the starter and the rival's battle in the lab
     reward, totals = step_rewards(env, A)  # facing the youngster at (4, 2)
     assert reward == pytest.approx(1.6) and env.pyboy.memory[EVENT_FLAGS_ADDRESS + 4] & 1  # event 32
     for button in ["b", "b", "b", "a", "b", "b", "b"]:  # hear it all again: no second reward
         assert step_rewards(env, ACTIONS.index(button))[0] == 0
-    assert totals["event"] == pytest.approx(3.2)
+    assert totals["event"] == pytest.approx(4.8)
 
 
 def test_resting_in_bed_heals(env):
@@ -292,17 +292,20 @@ def test_badge_route_pays_each_term_for_what_happened(standin_env):
     env = standin_env(max_steps=len(standin_play.BADGE_ROUTE))
     env.reset(seed=0)
     assert env.party == ((), (), (), ()) and not any(env.dex_raw)  # the starter waits in the lab
-    results = [env.step(ACTIONS.index(button)) for button in standin_play.BADGE_ROUTE]
+    results, badge_totals = [], []
+    for button in standin_play.BADGE_ROUTE:
+        results.append(env.step(ACTIONS.index(button)))
+        badge_totals.append(env.reward_totals["badge"])
     rewards = [reward for _, reward, _, _, _ in results]
     info = results[-1][4]
 
     assert info["badges"] == 1 and info["reward_badge"] == pytest.approx(4.0)
-    assert sum(r >= 4.0 for r in rewards) == 1  # paid once, when the leader was beaten
+    assert len(set(badge_totals)) == 2  # paid once, when the leader was beaten
     assert info["level_sum"] == 18 and info["reward_level"] == pytest.approx(0.01 * (18 - 5))  # joined at 5
     assert info["pokedex_seen"] > info["pokedex_owned"] > 1  # the starter, the rival's, the grass's
     assert info["reward_seen"] == pytest.approx(1.6 * info["pokedex_seen"])
     assert info["reward_owned"] == pytest.approx(1.6 * info["pokedex_owned"])
-    assert info["event_flags"] == 2 and info["reward_event"] == pytest.approx(3.2)  # the rival, BEAT_BROCK
+    assert info["event_flags"] == 3 and info["reward_event"] == pytest.approx(4.8)  # starter, rival, BEAT_BROCK
     assert info["reward_heal"] > 0  # rested in bed after battles
     assert info["blackouts"] == 0 and info["reward_blackout"] == 0
     assert info["maps_visited"] == 6  # bedroom, 1F, Pallet Town, Oak's lab, Route 1, gym
@@ -318,8 +321,9 @@ def test_starterdex_bits_without_a_party_pay_nothing_but_the_starter_pays_once_i
     assert env.pyboy.memory[POKEDEX_OWNED] == standin_play.STARTER_DEX_OWNED
     page = tmp_path / "pokedex_page.state"
     env.save_state(page)
-    # The page closes (the four bits cleared) and the starter joins: its owned and seen bits pay.
-    assert play(env, ["b", "b"]) == [0, pytest.approx(2 * 1.6)]
+    # The page closes (the four bits cleared) and the starter joins: its owned and seen bits pay, and the
+    # lab's GOT_STARTER event.
+    assert play(env, ["b", "b"]) == [0, pytest.approx(3 * 1.6)]
     assert play(env, ["b"]) == [pytest.approx(1.6)]  # the rival's battle: his SQUIRTLE seen
     assert env.reward_totals["owned"] == pytest.approx(1.6)
     assert env.reward_totals["seen"] == pytest.approx(3.2)
@@ -369,7 +373,7 @@ def test_the_museum_ticket_and_other_flags_that_are_not_progress_pay_nothing(env
     play(env, ["b", "left", "left"])  # facing the ticket seller
     memory = env.pyboy.memory
     assert position(env) == (standin_play.PEWTER_GYM, 2, 4) and not memory[EVENT_FLAGS_ADDRESS + 13]
-    assert env.reward_totals["event"] == pytest.approx(1.6)  # the rival's battle in the lab
+    assert env.reward_totals["event"] == pytest.approx(3.2)  # the starter and the rival's battle in the lab
     assert play(env, ["a"]) == [0] and memory[EVENT_FLAGS_ADDRESS + 13] & 1  # EVENT_BOUGHT_MUSEUM_TICKET
     for name in README_UNPAID_EVENTS:
         memory[EVENT_FLAGS_ADDRESS + EVENT_FLAGS[name] // 8] |= 1 << EVENT_FLAGS[name] % 8

@@ -125,7 +125,8 @@ def test_helper_constants_match_the_build_script():
         assert name not in build.EVENTS
         assert build.MAPS[map_names[map_id]]["rows"][y][x] in "sNP"  # a sign, a person or the PC
         assert build.MAPS[map_names[map_id]]["talks"][(x, y)][0] is None
-    assert set(build.EVENTS) == set(sp.EVENTS) | {"BEAT_BROCK", "BATTLED_RIVAL_IN_OAKS_LAB"}
+    assert set(build.EVENTS) == set(sp.EVENTS) | {"BEAT_BROCK", "GOT_STARTER", "BATTLED_RIVAL_IN_OAKS_LAB"}
+    assert build.EVENTS["GOT_STARTER"] == sp.GOT_STARTER
     assert build.EVENTS["BEAT_BROCK"] == sp.BEAT_BROCK
     assert build.EVENTS["BATTLED_RIVAL_IN_OAKS_LAB"] == sp.BATTLED_RIVAL_IN_OAKS_LAB
     assert build.STARTER_DEX_OWNED == sp.STARTER_DEX_OWNED and build.RIVAL_MON[1] == sp.OPP_RIVAL1
@@ -218,7 +219,8 @@ def test_holding_does_not_repeat_and_short_presses_are_not_lost(started):
 
 def test_doors_and_map_edges_warp_and_entering_from_outdoors_sets_last_map(started):
     m = started.memory
-    assert m[sp.LAST_MAP] == 0x00  # new game
+    towns_visited = lambda: m[sp.TOWN_VISITED] | m[sp.TOWN_VISITED + 1] << 8  # noqa: E731
+    assert m[sp.LAST_MAP] == 0x00 and towns_visited() == 0  # new game, in the bedroom
     play(started, sp.TO_STAIRS + ["b"])  # the bedroom's stairs (6, 1) lead down to 1F, below its stairs
     assert position(started) == (sp.REDS_HOUSE_1F, 6, 2) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (4, 4)
     assert m[sp.LAST_MAP] == 0x00 and in_control(started)  # indoor to indoor: unchanged
@@ -226,8 +228,10 @@ def test_doors_and_map_edges_warp_and_entering_from_outdoors_sets_last_map(start
     assert position(started) == (sp.REDS_HOUSE_2F, 6, 2) and m[sp.LAST_MAP] == 0x00
     play(started, ["up", "b"])
     assert position(started) == (sp.REDS_HOUSE_1F, 6, 2)
+    assert towns_visited() == 0  # the house is no town
     play(started, sp.DOWNSTAIRS_TO_TOWN + ["b"])  # 1F's door (2, 7) leads out to Pallet (3, 4), below it
     assert position(started) == (sp.PALLET_TOWN, 3, 4) and (m[sp.MAP_WIDTH], m[sp.MAP_HEIGHT]) == (5, 4)
+    assert towns_visited() == 1 << sp.PALLET_TOWN  # a town's map marks it visited as it loads
     assert m[sp.LAST_MAP] == 0x00  # indoor to outdoor: unchanged
     play(started, ["up", "b"])  # back through the front door (3, 3): 1F (2, 6), just above its door
     assert position(started) == (sp.REDS_HOUSE_1F, 2, 6) and m[sp.LAST_MAP] == sp.PALLET_TOWN
@@ -240,6 +244,7 @@ def test_doors_and_map_edges_warp_and_entering_from_outdoors_sets_last_map(start
     assert m[sp.LAST_MAP] == sp.PALLET_TOWN  # outdoor to outdoor: unchanged
     play(started, ["down"])  # back down over the edge
     assert position(started) == (sp.PALLET_TOWN, 4, 1) and in_control(started)
+    assert towns_visited() == 1 << sp.PALLET_TOWN  # Route 1, the lab and the house are no towns
 
 
 def test_warps_write_the_map_then_fade_then_the_position_but_map_edges_write_both(started):
@@ -286,13 +291,13 @@ def test_only_progress_sets_event_flags_the_rivals_battle_and_the_youngster_past
     m = started.memory
     walk(started, sp.GRASS_ROUTE + sp.GRASS_TO_YOUNGSTER)  # the lab, then whatever the grass brings
     assert position(started) == (sp.ROUTE_1, 4, 3) and m[sp.FACING] == 0x04
-    assert event_flags_set(started) == {sp.BATTLED_RIVAL_IN_OAKS_LAB}
+    assert event_flags_set(started) == {sp.GOT_STARTER, sp.BATTLED_RIVAL_IN_OAKS_LAB}
     press(started, "a")
     assert m[sp.FONT_LOADED] & 1 and m[sp.HWY] == 0
     settle(started)
     youngster = sp.EVENTS["ROUTE_YOUNGSTER"][0]
-    assert event_flags_set(started) == {sp.BATTLED_RIVAL_IN_OAKS_LAB, youngster}
-    assert m[sp.EVENT_FLAGS + 4] == 0x09  # D74B bits 0 and 3
+    assert event_flags_set(started) == {sp.GOT_STARTER, sp.BATTLED_RIVAL_IN_OAKS_LAB, youngster}
+    assert m[sp.EVENT_FLAGS + 4] == 0x0D  # D74B bits 0, 2 and 3
 
 
 def test_start_menu_blocks_movement_until_b(started):
@@ -329,6 +334,7 @@ def test_the_ball_marks_four_species_owned_while_the_party_is_empty_then_the_sta
     press(started, "b")  # ...then the struct, the starter's owned and seen bits (dex 4), the stats
     assert m[sp.POKEDEX_OWNED] == m[sp.POKEDEX_SEEN] == 0x08 and m[sp.PARTY_LEVEL] == 5
     assert sp.hp(started) == sp.max_hp(started) == 20
+    assert event_flags_set(started) == {sp.GOT_STARTER}  # as the lab's script: once the starter has joined
     press(started, "b")  # the rival's battle: his SQUIRTLE (dex 7) seen
     assert m[sp.IS_IN_BATTLE] == 2 and m[sp.CUR_OPPONENT] == sp.OPP_RIVAL1 and m[sp.POKEDEX_SEEN] == 0x48
     play(started, ["a", "a", "a", "b"])  # won with A: a level, then the lab heals the party
