@@ -2043,22 +2043,7 @@ GymLeader:
 MarkTownVisited:                ; bit a of the 2-byte wTownVisitedFlag, as the real game's map load
     push af                     ; (pokered engine/overworld/missable_objects.asm); keeps a
     ld hl, wTownVisitedFlag
-    cp 8
-    jr c, .byte
-    inc hl
-    sub 8
-.byte:
-    ld b, a
-    inc b
-    ld a, 1
-.shift:
-    dec b
-    jr z, .set
-    add a
-    jr .shift
-.set:
-    or [hl]
-    ld [hl], a
+    call SetBit
     pop af
     ret
 
@@ -2353,6 +2338,7 @@ FighterByte:                    ; hl: a field of wPartyMon1, moved to the fighti
 
 SetDexBit:                      ; set bit wEnemyDex of the 19-byte field at hl
     ld a, [wEnemyDex]
+SetBit:                         ; set bit a of the bit field at hl
     ld c, a
     srl a
     srl a
