@@ -94,6 +94,23 @@ UNPAID_EVENTS = (
     "fight_route12_snorlax", "fight_route16_snorlax",  # only during the fight (scripts/Route12.asm)
 )
 PAID_EVENTS = ~sum(1 << EVENT_FLAGS[name] for name in UNPAID_EVENTS)  # a mask over the flags as an int
+# How far a game is, for the swarm (Swarm): the events the story cannot go on without, in the order it asks for
+# them (pret/pokered constants/event_constants.asm; set by scripts/OaksLab.asm, ViridianMart.asm, PewterGym.asm,
+# CeruleanCity.asm, CeruleanGym.asm, BillsHouse.asm, SSAnneCaptainsRoom.asm, ...). Not every flag: trainers
+# beaten are flags too, and some ranges are reset again (the Elite Four's), so a raw count would not only grow.
+STORY_EVENTS = (
+    "followed_oak_into_lab", "got_starter", "battled_rival_in_oaks_lab", "got_oaks_parcel", "oak_got_parcel",
+    "got_pokedex", "beat_brock", "beat_cerulean_rival", "beat_misty", "met_bill", "got_ss_ticket", "got_hm01",
+    "beat_lt_surge", "got_bicycle", "beat_erika", "beat_rocket_hideout_giovanni", "rescued_mr_fuji",
+    "got_poke_flute", "beat_silph_co_giovanni", "beat_sabrina", "beat_koga", "got_hm03", "got_hm04", "beat_blaine",
+    "beat_viridian_gym_giovanni", "beat_champion_rival",
+)  # fmt: skip
+STORY_MASK = sum(1 << EVENT_FLAGS[name] for name in STORY_EVENTS)
+# wTownVisitedFlag: bit n is set as town map n (below ROUTE_1) loads, for Fly; 11 towns (pret/pokered ram/wram.asm,
+# engine/overworld/missable_objects.asm: MarkTownVisitedAndLoadMissableObjects).
+TOWN_VISITED, TOWNS_MASK = 0xD70B, (1 << 11) - 1
+# The progress key's parts, in the order they are compared; each is also an episode statistic.
+PROGRESS = ("badges", "story_events", "towns_visited", "pokedex_owned", "level_sum")
 
 # Intro signals, read off the screen's tile map and the menu variables.
 MAIN_MENU_TILE, MAIN_MENU_LETTER = 0xC3CA, 0x8D  # tile (2, 2): "N" of NEW GAME (and of NEW NAME)
@@ -412,33 +429,52 @@ class PokemonRedEnv(gymnasium.Env):
         except Exception:
             self.pyboy.stop(save=False)
             raise
-        self.start_index = 0  # which of start_states the episode started from
+        self.start_index = 0  # which of start_states the episode started from (-1: one of the swarm's)
+        self.swarm, self.swarm_share, self.swarm_furthest = None, 0.0, ()  # set_swarm()
 
     # ----- Gymnasium API -----
 
     @property
     def start_state(self) -> bytes:
-        """The PyBoy state this episode started from (before the first reset: the first start state)."""
-        return self.start_states[self.start_index]
+        """The first of the PyBoy states this env's episodes start from (init_state's first, or the booted intro)."""
+        return self.start_states[0]
+
+    def set_swarm(self, archive: list, share: float):
+        """Start a `share` of the resets from the states of `archive`, (progress key, state) pairs (see Swarm); and
+        from now on, a step that reaches a key beyond the archive's and its episode's start returns its state in the
+        info (`swarm_key`, `swarm_state`) for the trainer's archive."""
+        self.swarm, self.swarm_share = list(archive), share
+        self.swarm_furthest = max([self.swarm_furthest] + [key for key, _ in archive])
 
     def reset(self, *, seed=None, options=None):
         """Restore a start state, then wait 1 to 16 idle frames, both drawn from the env's RNG.
 
         The same seed gives the same start state and wait, hence the same episode for the same actions.
         Pokemon Red advances its random numbers every frame, so different waits mean different encounters
-        and parallel envs out of lockstep. seed=None continues the env's RNG.
+        and parallel envs out of lockstep. seed=None continues the env's RNG. A swarm state that does not
+        load is dropped (its key and why in the info, `swarm_dropped`) and a usual start state taken.
         """
         super().reset(seed=seed)
-        # Drawn only from several: with one start state the RNG, and so every episode, is as before.
-        if len(self.start_states) > 1:
-            self.start_index = int(self.np_random.integers(len(self.start_states)))
-        self.pyboy.load_state(io.BytesIO(self.start_state))
+        info, self.start_index = {}, 0
+        # Drawn only from several, and from a swarm with states: otherwise the RNG, and so every episode, is as before.
+        if self.swarm and self.np_random.random() < self.swarm_share:
+            key, state = self.swarm[int(self.np_random.integers(len(self.swarm)))]
+            try:
+                self.pyboy.load_state(io.BytesIO(state))
+                self.start_index = -1
+            except Exception as error:  # a file broken on disk, say: the run goes on without it
+                self.swarm.remove((key, state))
+                info["swarm_dropped"] = (key, first_line(error))
+        if self.start_index == 0:
+            if len(self.start_states) > 1:
+                self.start_index = int(self.np_random.integers(len(self.start_states)))
+            self.pyboy.load_state(io.BytesIO(self.start_states[self.start_index]))
         self.pyboy.tick(1 + int(self.np_random.integers(MAX_IDLE_FRAMES)), True)
         newest = self.frames[-self.channels :]
         self._downscale_screen(into=newest)
         self.frames[:] = np.tile(newest, (len(self.frames) // self.channels, 1, 1))
         self._start_episode()
-        return self.frames.copy(), {}
+        return self.frames.copy(), info
 
     def step(self, action):
         self.pyboy.button(ACTIONS[action], self.hold_frames)
@@ -455,8 +491,11 @@ class PokemonRedEnv(gymnasium.Env):
         self.steps += 1
         self.episode_return += reward
         truncated = self.steps >= self.max_steps
-        # PufferLib forwards only truthy infos: an empty dict except at the end of an episode.
+        # PufferLib forwards only truthy infos: an empty dict except at the end of an episode or a swarm's discovery.
         info = self._episode_info() if truncated else {}
+        if self.swarm is not None and (key := self.progress()) > self.episode_furthest:
+            self.episode_furthest = self.swarm_furthest = key  # offered once; the archive may hold it later
+            info.update(swarm_key=key, swarm_state=self._save_state())
         return self.frames.copy(), reward, False, truncated, info
 
     def render(self):
@@ -470,6 +509,16 @@ class PokemonRedEnv(gymnasium.Env):
     def save_state(self, path):
         """Write the emulator's current state to `path`, for use as `init_state`."""
         Path(path).write_bytes(self._save_state())
+
+    def progress(self) -> tuple:
+        """How far the game is, as the swarm compares it: (badges, story events, towns visited, species owned, party
+        levels), in that order (PROGRESS). All read from RAM, so a state has the same key wherever it is loaded.
+        Badges first: the anchors' coordinate-only rewards never made an agent face Brock; the story's events and
+        the levels it needs did (README.md)."""
+        memory = self.pyboy.memory
+        towns = (memory[TOWN_VISITED] | memory[TOWN_VISITED + 1] << 8) & TOWNS_MASK
+        return (self.badges_raw.bit_count(), (_bits(self.events_raw) & STORY_MASK).bit_count(), towns.bit_count(),
+                sum(byte.bit_count() for byte in self.dex_raw[:POKEDEX_BYTES]), sum(self.party[1]))
 
     # ----- Observations -----
 
@@ -556,6 +605,7 @@ class PokemonRedEnv(gymnasium.Env):
         self.was_in_battle = memory[IS_IN_BATTLE] != 0
         self.party_wiped = self._is_wiped(self.party)
         self.blackouts = 0
+        self.episode_furthest = max(self.swarm_furthest, self.progress())  # the swarm's wants what lies beyond
 
     @staticmethod
     def _is_wiped(party) -> bool:
@@ -672,8 +722,10 @@ class PokemonRedEnv(gymnasium.Env):
             "pokedex_seen": sum(byte.bit_count() for byte in self.dex_raw[POKEDEX_BYTES:]),
             "pokedex_owned": sum(byte.bit_count() for byte in self.dex_raw[:POKEDEX_BYTES]),
             "blackouts": self.blackouts,
-            "start_state": self.start_index,  # the index into init_state's files (0 when booted)
+            "start_state": self.start_index,  # the index into init_state's files (0 when booted; -1 the swarm's)
+            "from_swarm": int(self.start_index == -1),
         }
+        info.update(zip(("story_events", "towns_visited"), self.progress()[1:3]))
         info.update({f"reward_{term}": total for term, total in self.reward_totals.items()})
         info["visited_tiles"] = visited  # map_id << 16 | y << 8 | x, for the exploration heatmap
         return info
@@ -862,6 +914,72 @@ def _free_spot(taken, on_map, size, anchor) -> tuple[int, int]:
     return int(top), int(left)
 
 
+# ----- The swarm: start states where the agents got furthest (after Go-Explore and pokemonred_puffer) -----
+
+
+class Swarm:
+    """The trainer's archive of states that reached progress keys beyond all before them (PokemonRedEnv.progress),
+    the envs' start states for a share of their resets (PokemonRedEnv.set_swarm). At most `size` (about 150 KB
+    each), the furthest kept. With a `folder`, each is also a file there, <key>.state, so that a resumed run (its
+    checkpoint lists the files, `names`) and `play_pokemon.py --init-state <folder>` can start from them; the
+    archive with the folder says what it drops."""
+
+    def __init__(self, folder: str | None = None, names: list[str] | None = None, size: int = 16):
+        self.size, self.folder, self.states = size, folder, {}  # key: state
+        missing = []
+        for name in (names or []) if folder else []:  # a resumed run's archive; envs check the states as they load
+            try:
+                key = tuple(int(part[1:]) for part in Path(name).stem.split("_"))
+                self.states[key] = Path(folder, name).read_bytes()
+            except (OSError, ValueError):
+                missing.append(name)
+        if missing:  # an older checkpoint's (the archive has moved on), or a checkpoint moved without its folder
+            warnings.warn(f"{len(missing)} of the swarm's {len(names)} states are not in {folder}/ "
+                          f"({missing[0]}, ...): the swarm goes on without them")
+
+    @property
+    def furthest(self) -> tuple:
+        return max(self.states, default=())
+
+    def stats(self) -> dict:
+        """For TensorBoard: the archive's size and its furthest key, part by part."""
+        return {"swarm/size": len(self.states), **{f"swarm/furthest_{part}": value
+                                                   for part, value in zip(PROGRESS, self.furthest)}}
+
+    def entries(self) -> list:
+        """(key, state) pairs, furthest last: what PokemonRedEnv.set_swarm takes."""
+        return sorted(self.states.items())
+
+    def names(self) -> list[str]:
+        return [self.name(key) for key in sorted(self.states)]
+
+    @staticmethod
+    def name(key: tuple) -> str:
+        """The file name of a key's state: its parts' initials and values, so that names sort as keys do."""
+        return "_".join(f"{part[0]}{value:03d}" for part, value in zip(PROGRESS, key)) + ".state"
+
+    def add(self, discoveries: list, dropped: list = ()) -> bool:
+        """Take each (key, state) discovery whose key is beyond the archive's furthest, evict beyond `size`, and drop
+        the keys of states that did not load ((key, why) pairs, one warning each). Whether the archive changed."""
+        before = set(self.states)
+        for key, why in dropped:
+            if self.states.pop(key, None) is not None and self.folder:
+                warnings.warn(f"swarm state {self.name(key)} does not load ({why}); dropped")
+        for key, state in sorted(discoveries):
+            if key > self.furthest:
+                self.states[key] = state
+        for key in sorted(self.states)[: max(0, len(self.states) - self.size)]:
+            del self.states[key]
+        for key in set(self.states) - before if self.folder else ():
+            path = Path(self.folder, self.name(key))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(".tmp").write_bytes(self.states[key])
+            os.replace(path.with_suffix(".tmp"), path)  # whole or not there
+        for key in before - set(self.states) if self.folder else ():
+            Path(self.folder, self.name(key)).unlink(missing_ok=True)
+        return set(self.states) != before
+
+
 # ----- Envs stepped together: PufferLib's vector API on our backends or PufferLib's, and groups of them -----
 
 
@@ -901,7 +1019,8 @@ class EnvGroups:
     send(actions, rows, results) steps the group of those rows; recv(rows) waits for that group's step if
     one is on its way and writes what it returned where its send said: results are (observations, dones,
     rewards, terminations, truncations, episode infos), arrays over all envs of which the group's rows are
-    filled, and a list that the finished episodes' infos are added to. recv() waits for every group.
+    filled, and a list that the finished episodes' infos are added to. recv() waits for every group. The
+    swarm's discoveries and dropped states collect in `discoveries` and `dropped` (see Swarm.add).
     """
 
     def __init__(self, env_kwargs: dict, num_envs: int, backend: str, num_workers: int | None = None,
@@ -909,6 +1028,7 @@ class EnvGroups:
         self.rom = load_rom(env_kwargs["rom_path"])  # the ROM they play; an unknown one is warned of here, once
         workers = [num_workers // groups + (g < num_workers % groups) for g in range(groups)] if num_workers else [None]
         self.vector_envs, self.groups, self.on_the_way, self.wait_seconds = [], [], [], 0.0
+        self.discoveries, self.dropped, self.swarm = [], [], None
         try:
             for group_workers in workers:
                 first = self.groups[-1].stop if self.groups else 0
@@ -925,7 +1045,45 @@ class EnvGroups:
 
     def reset(self, seed: int) -> np.ndarray:
         """Every env's first observation; env i is reset with seed + i."""
-        return np.concatenate([envs.reset(seed=seed + rows.start)[0] for envs, rows in zip(self.vector_envs, self.groups)])
+        observations = []
+        for envs, rows in zip(self.vector_envs, self.groups):
+            group_observations, infos = envs.reset(seed=seed + rows.start)
+            observations.append(group_observations)
+            self._collect(infos)
+        return np.concatenate(observations)
+
+    def start_swarm(self, share: float, folder: str | None = None, names: list[str] | None = None,
+                    gather=lambda value: [value]):
+        """Start a `share` of the resets from a Swarm's states (Swarm(folder, names)), and collect the envs' discoveries
+        for it. Several processes (torchrun's ranks): `gather` returns a value from each, [0] the one with the folder."""
+        self.swarm, self.swarm_share = Swarm(folder, names), share
+        self.swarm.add(gather(self.swarm.entries())[0])
+        self.set_swarm(self.swarm.entries(), share)
+
+    def update_swarm(self, gather=lambda value: [value]) -> dict:
+        """Every process's discoveries and dropped states (see start_swarm) into the swarm, to the envs if it changed;
+        the swarm's stats."""
+        found = gather((self.discoveries, self.dropped))
+        self.discoveries, self.dropped = [], []
+        discoveries, dropped = ([item for process in found for item in process[part]] for part in (0, 1))
+        if self.swarm.add(discoveries, dropped):
+            self.set_swarm(self.swarm.entries(), self.swarm_share)
+        return self.swarm.stats()
+
+    def set_swarm(self, archive: list, share: float):
+        """PokemonRedEnv.set_swarm for every env, between steps."""
+        for envs in self.vector_envs:
+            if isinstance(envs, VectorEnv):  # ours
+                envs.set_swarm(archive, share)
+            else:  # PufferLib's Serial, whose envs wrap ours
+                for env in envs.envs:
+                    env.env.set_swarm(archive, share)
+
+    def _collect(self, infos: list) -> list:
+        """The swarm's part of the infos taken out into discoveries and dropped; the infos left that are not empty."""
+        self.discoveries += [(info.pop("swarm_key"), info.pop("swarm_state")) for info in infos if "swarm_key" in info]
+        self.dropped += [info.pop("swarm_dropped") for info in infos if "swarm_dropped" in info]
+        return infos
 
     def send(self, actions, rows: slice, results: tuple):
         group = self.groups.index(rows)
@@ -945,7 +1103,7 @@ class EnvGroups:
             dones[group_rows] = step_results[2] | step_results[3]
             for array, step_result in zip((rewards, terminations, truncations), step_results[1:4]):
                 array[group_rows] = step_result
-            infos += [info for info in step_results[4] if "episode_return" in info]  # finished episodes
+            infos += [info for info in self._collect(step_results[4]) if "episode_return" in info]  # finished episodes
             self.on_the_way[group] = None
 
     def close(self):
@@ -1011,6 +1169,10 @@ class Serial(VectorEnv):
         if info:
             self.infos.append(info)
 
+    def set_swarm(self, archive: list, share: float):
+        for env in self.envs:
+            getattr(env, "env", env).set_swarm(archive, share)  # PufferLib's wrapper holds ours as .env
+
     def close(self):
         for env in self.envs:
             env.close()
@@ -1054,7 +1216,7 @@ class VectorBuffers:
 
 
 # A worker's command byte, set by the main process before it wakes the worker...
-STEP, RESET, CLOSE = 0, 1, 2
+STEP, RESET, CLOSE, SWARM = 0, 1, 2, 3
 # ...and its status byte, set by the worker before it signals `finished`.
 STEPPED, STEPPED_WITH_INFOS, FAILED = 0, 1, 2
 
@@ -1095,7 +1257,7 @@ class Multiprocessing(VectorEnv):
         self.pipes, self.processes, self.infos = [], [], []
         for worker in range(num_workers):
             rows = slice(worker * self.envs_per_worker, (worker + 1) * self.envs_per_worker)
-            receive, send = context.Pipe(duplex=False)
+            receive, send = context.Pipe()  # infos and errors come, the swarm's states go
             process = context.Process(
                 target=_worker, daemon=True, name=f"pokemon_env worker {worker}",
                 args=(worker, env_creators[rows], env_args[rows], env_kwargs[rows], booted_start_states(),
@@ -1120,6 +1282,13 @@ class Multiprocessing(VectorEnv):
     def send(self, actions):
         self.buffers.actions[:] = actions
         self._wake(STEP)
+
+    def set_swarm(self, archive: list, share: float):
+        """PokemonRedEnv.set_swarm in every worker: woken first, each reads the archive from its pipe."""
+        self._wake(SWARM)
+        for pipe in self.pipes:
+            pipe.send((archive, share))
+        self._wait()
 
     def recv(self):
         self.infos = self._wait()
@@ -1186,6 +1355,9 @@ def _worker(worker, env_creators, env_args, env_kwargs, start_states, memory, nu
                 break
             if commands[worker] == RESET:
                 envs.reset(seed=int(seed[0]))
+            elif commands[worker] == SWARM:
+                envs.set_swarm(*pipe.recv())
+                envs.infos = []
             else:
                 envs.send(envs.buffers.actions)
             if envs.infos:

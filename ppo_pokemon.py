@@ -103,6 +103,10 @@ class Args:
     """multiprocessing worker processes (per rank); None: the largest divisor of the envs up to the cores"""
     torch_threads: int = 0
     """CPU threads for the PPO update (0: one per physical core); the rollout uses one"""
+    swarm: bool = False
+    """start a share of the resets from the furthest states the run's envs reached (pokemon_env.Swarm)"""
+    swarm_share: float = 0.5
+    """the share of the resets that start from the swarm's states (evaluation never does)"""
 
     # Logging, evaluation and checkpoints
     save_interval: int = 50
@@ -175,10 +179,9 @@ def compute_gae(rewards, values, terminations, truncations, dones, next_value, g
     """Generalised advantage estimates and returns for one rollout; all inputs (num_steps, num_envs), tensors or arrays.
 
     rewards[t], terminations[t], truncations[t]: what step t returned for the action on obs[t]; values[t]: V(obs[t]);
-    next_value: V(the observation after the last step). dones[t]: obs[t] is an episode's final observation, so step t
-    is PufferLib's reset step (the action ignored, a first observation returned): no transition, advantage 0.
-    Departure from CleanRL: a truncation (time limit) bootstraps from V(final observation), values[t + 1] (the
-    agent runs on it in the reset step), a termination from 0; neither lets the advantage run on across it."""
+    next_value: V(the observation after the last step). dones[t]: obs[t] is an episode's final one, step t PufferLib's
+    reset step (action ignored, a first observation returned): advantage 0. Departure from CleanRL: a truncation
+    bootstraps from V(final observation), values[t + 1], a termination from 0; neither lets the advantage run across."""
     rewards, terminations, truncations, dones = (torch.as_tensor(x, device=values.device)
                                                  for x in (rewards, terminations, truncations, dones))
     num_steps = rewards.shape[0]
@@ -369,8 +372,7 @@ def main():
 
 
 def choose_vectorization(args: Args, num_envs: int, physical_cores: int):
-    """(backend, num_workers or None, groups of envs): our Multiprocessing (its workers sleep) when the envs share out
-    over more than one worker, in two groups when each has at most 2 (see benchmarks/README.md)."""
+    """(backend, num_workers or None, groups): Multiprocessing for 2+ workers, 2 groups at up to 2 envs a worker."""
     if args.vec_backend == "serial":
         return "serial", None, 1
     num_workers = args.num_workers or max(w for w in range(1, physical_cores + 1) if num_envs % w == 0)
@@ -388,7 +390,7 @@ RANGES = [(("learning_rate", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf
           (("ent_coef", "vf_coef"), lambda value: value >= 0, "0 or more"),
           (("eval_episodes",), lambda value: value >= 0, "0 (off) or more"),
           (("keep_checkpoints",), lambda value: value >= 0, "0 (all) or more"),
-          (("gamma", "gae_lambda"), lambda value: 0 <= value <= 1, "in [0, 1]")]
+          (("gamma", "gae_lambda", "swarm_share"), lambda value: 0 <= value <= 1, "in [0, 1]")]
 
 
 def check_args(args: Args, physical_cores: int, world_size: int = 1) -> Optional[str]:
@@ -467,8 +469,7 @@ class SaveFailed(RunStopped):
 
 
 class Run(contextlib.AbstractContextManager):
-    """The run's machinery, and how the run stands (the last whole update, the last saved, why it stopped). Leaving
-    its `with` block ends the run: the last whole update is saved unless it is, and the exit status set."""
+    """The run's machinery and how it stands (last whole update, last saved, why it stopped); `with` ends the run."""
 
     def __init__(self, args: Args):
         warnings.showwarning, sys.excepthook = show_warning, show_run_stopped
@@ -551,6 +552,9 @@ class Run(contextlib.AbstractContextManager):
             self.last_update_step = self.start_global_step = int(checkpoint["global_step"])
             self.best_badges = float(checkpoint.get("best_badges", 0.0))
             set_rng_states(checkpoint["rng"])
+        if args.swarm:  # its files: rank 0's checkpoints/<run_name>/swarm/, which a resumed run's checkpoint lists
+            folder = os.path.join(self.checkpoint_dir, "swarm") if self.rank == 0 else None
+            envs.start_swarm(args.swarm_share, folder, checkpoint and checkpoint.get("swarm"), all_gather)
         for seed in (random.seed, np.random.seed, torch.manual_seed) if self.rank > 0 else ():
             seed(args.seed + self.rank + self.last_update_step)  # this rank's own episodes and samples
         self.wandb_run, problem = start_tracking(args, self.run_name, self.saved_args, checkpoint) if (
@@ -585,8 +589,8 @@ class Run(contextlib.AbstractContextManager):
         print(f"\n{name}: stopping to save a checkpoint of the last whole update (again: abort)", flush=True)
 
     def stop_if_asked(self):
-        """Between two steps of a rollout or an evaluation (its work is dropped), after an update and its save. Not
-        in the signal handler: an exception raised there can land inside PyBoy's tick, which swallows it."""
+        """Between two steps of a rollout or an evaluation (its work is dropped), after an update and its save."""
+        # Not in the signal handler: an exception raised there can land inside PyBoy's tick, which swallows it.
         if self.signal is not None:
             raise RunStopped("stopped")
 
@@ -635,7 +639,7 @@ class Run(contextlib.AbstractContextManager):
                                        "episode/max_badges": max(info["badges"] for info in infos)})
             if len(args.env.init_state or ()) > 1:  # which saves are hard (with one: mean_reward again)
                 returns = {index: [i["episode_return"] for i in infos if i["start_state"] == index] for index in
-                           sorted({i["start_state"] for i in infos})}
+                           sorted({i["start_state"] for i in infos} - {-1})}  # -1: the swarm's
                 self.log(global_step, {f"episode/return_by_start_state/{i}": np.mean(r) for i, r in returns.items()})
             if self.heatmap_episodes and (iteration % args.heatmap_interval == 0 or iteration == self.num_iterations):
                 for tag, draw in (("exploration_heatmap", pokemon_env.render_heatmap),
@@ -650,6 +654,8 @@ class Run(contextlib.AbstractContextManager):
                   f"(rollout {rollout_seconds:.1f}s, update {update_seconds:.1f}s) | ETA {eta} "
                   f"| return(last 20) {mean_return} | best badges {self.best_badges:g}",
                   end="\r" if sys.stdout.isatty() else "\n", flush=True)
+        # The swarm: every rank's discoveries, the resets' states from now on; the archive's size and furthest key
+        self.log(global_step, self.envs.update_swarm(all_gather) if args.swarm else {})
         if iteration % args.save_interval == 0 or iteration == self.num_iterations:
             self.save()
         self.stop_if_asked()  # asked for during the update or the save
@@ -660,7 +666,7 @@ class Run(contextlib.AbstractContextManager):
         """--eval-episodes of the policy (sampled) over the ranks: episode i from a usual start, seed + 1e6 + i."""
         torch.set_num_threads(1)
         args, eval_start, results = self.args, time.time(), []
-        if self.eval_env is None and self.rank < args.eval_episodes:
+        if self.eval_env is None and self.rank < args.eval_episodes:  # its own env: never the swarm's states
             max_steps = args.eval_max_steps or args.env.max_steps
             self.eval_env = pokemon_env.PokemonRedEnv(**{**vars(args.env), "max_steps": max_steps})
         for episode in range(self.rank, args.eval_episodes, self.world_size):
@@ -686,7 +692,8 @@ class Run(contextlib.AbstractContextManager):
                           run_name=self.run_name, rng=rng_states(), obs_shape=list(agent.obs_shape),
                           num_actions=agent.actor.out_features, rom_sha1=self.envs.rom.sha1,
                           rom_name=os.path.basename(self.args.env.rom_path), best_badges=self.best_badges,
-                          torch_version=str(torch.__version__), wandb_id=getattr(self.wandb_run, "id", None))
+                          torch_version=str(torch.__version__), wandb_id=getattr(self.wandb_run, "id", None),
+                          swarm=self.envs.swarm and self.envs.swarm.names())  # the swarm's files, or None
         try:
             if self.rank == 0:
                 write_atomically(path, functools.partial(torch.save, checkpoint))
@@ -700,9 +707,8 @@ class Run(contextlib.AbstractContextManager):
 
     def __exit__(self, kind, error, traceback):
         """The end, however it came: the last whole update saved unless it is, the envs closed, the exit status set."""
-        for env in (self.envs, self.eval_env):
-            if env is not None:
-                env.close()
+        for env in filter(None, (self.envs, self.eval_env)):
+            env.close()
         if kind is not None and not issubclass(kind, (RunStopped, pokemon_env.WorkerError)):
             return  # a bug (its traceback), or an exit already decided (a refusal, a second Ctrl-C)
         # A stop asked for, a dead or failing env worker, a lost rank (torchrun then stops the others by SIGTERM)
@@ -737,8 +743,8 @@ class Run(contextlib.AbstractContextManager):
 
 
 def start_tracking(args: Args, run_name: str, config: dict, checkpoint: Optional[dict]):
-    """CleanRL's --track: a W&B run named as ours, the flat arguments its config, TensorBoard synced into it; a
-    resumed run continues its W&B run (the checkpoint keeps its id). (W&B's run, None) or (None, why it did not start)."""
+    """CleanRL's --track: a W&B run of ours (config: the flat arguments; TensorBoard synced; resumed by the checkpoint's
+    id): (W&B's run, None), or (None, why it did not start)."""
     import wandb  # only when asked for
 
     try:
@@ -850,8 +856,7 @@ def set_rng_states(states: dict) -> None:
 
 
 def write_atomically(path: str, write) -> None:
-    """Write `path` by write(binary file) to a temporary file, flushed to disk, renamed over it; a failed write leaves
-    `path` as it was and removes the temporary file."""
+    """Write `path` by write(binary file) into a temporary file, fsynced, renamed over it: never half written."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp_path = f"{path}.tmp{os.getpid()}"  # never *.pt, and whose: see remove_stale_temporary_files
     try:

@@ -4,13 +4,18 @@
     python benchmarks/learning.py --total-timesteps 20000 --seeds 1   # a quick look
     python benchmarks/learning.py --workdir DIR -- --gamma 0.997      # other settings: flags after -- go to
                                                                       # every training run (a sweep's best)
+    python benchmarks/learning.py --workdir DIR -- --swarm           # with the swarm of start states
 
-Trains one run per seed (two at a time by default, one torch thread each), then plays each final
-checkpoint with play_pokemon.py (sampled actions, as in training) and a uniformly random policy
-for the same number of episodes of the same length. Prints a Markdown table, writes JSON. The
-target: the trained agents' mean return is at least 3x the random policy's.
+Trains one run per seed (two at a time by default, one torch thread each), evaluating every 10
+updates (2 episodes from the usual start), then plays each final checkpoint with play_pokemon.py
+(sampled actions, as in training) and a uniformly random policy for the same number of episodes of
+the same length. Prints Markdown tables, writes JSON: the returns (target: the trained agents' mean
+at least 3x the random policy's), and the time to the first badge: per seed, the step and the
+wall-clock time at which a training episode and an evaluation episode first won it (read from the
+run's TensorBoard events), and the median step of the first evaluation badge (never: the run's steps).
 """
 import argparse
+import datetime
 import glob
 import json
 import os
@@ -22,6 +27,7 @@ warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
 warnings.filterwarnings("ignore", message="Using SDL2 binaries")
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -29,6 +35,7 @@ import pokemon_env  # noqa: E402
 
 ROM = os.path.join(ROOT, "roms", "standin.gb")
 METRICS = ["episode_return", "badges", "level_sum", "unique_tiles", "event_flags", "pokedex_owned"]
+EVALUATION = ["--eval-interval", "10", "--eval-episodes", "2"]  # the first evaluation badge to within 20,480 steps
 
 
 def train(seeds, total_timesteps: int, parallel: int, workdir: str, trainer_args: list) -> dict:
@@ -37,7 +44,7 @@ def train(seeds, total_timesteps: int, parallel: int, workdir: str, trainer_args
     for seed in seeds:
         command = [sys.executable, os.path.join(ROOT, "ppo_pokemon.py"), "--rom-path", ROM, "--seed", str(seed),
                    "--total-timesteps", str(total_timesteps), "--exp-name", "learning", "--torch-threads", "1",
-                   *trainer_args]
+                   *EVALUATION, *trainer_args]
         log = open(os.path.join(workdir, f"train_seed{seed}.log"), "w")
         running.append((seed, subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT), log))
         if len(running) >= parallel or seed == seeds[-1]:
@@ -57,6 +64,28 @@ def best_badges_in_training(workdir: str, seed: int) -> float:
     with open(os.path.join(workdir, f"train_seed{seed}.log")) as f:
         lines = [line for line in f.read().replace("\r", "\n").splitlines() if "best badges" in line]
     return float(lines[-1].rsplit("best badges", 1)[1]) if lines else 0.0
+
+
+def first_badges(checkpoint: str) -> dict:
+    """From the run's TensorBoard events: the step and the seconds since the run started at which a training episode
+    (episode/max_badges) and an evaluation (eval/mean_badges) first had a badge; None where none did."""
+    run = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(checkpoint))), "runs",
+                       os.path.basename(os.path.dirname(checkpoint)))
+    events = EventAccumulator(run)
+    events.Reload()
+    found = {}
+    for name, tag in (("training", "episode/max_badges"), ("evaluation", "eval/mean_badges")):
+        first = next((e for e in (events.Scalars(tag) if tag in events.Tags()["scalars"] else []) if e.value > 0), None)
+        found[name] = first and {"step": first.step, "seconds": round(first.wall_time - events.FirstEventTimestamp())}
+    return found
+
+
+def when(first: dict | None) -> str:
+    return f"{first['step']:,} ({datetime.timedelta(seconds=first['seconds'])})" if first else "never"
+
+
+def median_first_step(results: dict, name: str, never: int) -> float:
+    return float(np.median([(s["first_badge"][name] or {"step": never})["step"] for s in results["seeds"].values()]))
 
 
 def play_checkpoint(checkpoint: str, episodes: int, seed: int, max_steps: int, workdir: str) -> list:
@@ -108,6 +137,7 @@ def main():
         random_policy = play_random(options.episodes, seed, options.max_steps)
         results["seeds"][seed] = {"checkpoint": os.path.relpath(checkpoints[seed], options.workdir),
                                   "best_badges_in_training": best_badges_in_training(options.workdir, seed),
+                                  "first_badge": first_badges(checkpoints[seed]),
                                   "trained": trained, "random": random_policy}
         for name, episodes in (("PPO", trained), ("random", random_policy)):
             badge_episodes = sum(episode["badges"] > 0 for episode in episodes)
@@ -120,7 +150,9 @@ def main():
     seeds_with_badge_in_training = sum(s["best_badges_in_training"] > 0 for s in results["seeds"].values())
     results.update(trained_return=trained_return, random_return=random_return,
                    ratio=trained_return / max(random_return, 1e-9), seeds_with_badge=seeds_with_badge,
-                   seeds_with_badge_in_training=seeds_with_badge_in_training)
+                   seeds_with_badge_in_training=seeds_with_badge_in_training,
+                   median_first_badge_step={name: median_first_step(results, name, options.total_timesteps)
+                                            for name in ("training", "evaluation")})
     with open(os.path.join(options.workdir, "learning.json"), "w") as f:
         json.dump(results, f, indent=2)
 
@@ -134,6 +166,16 @@ def main():
           f"{results['ratio']:.1f}x (target >= 3x); seeds whose agent got the badge: "
           f"{seeds_with_badge}/{len(options.seeds)} in evaluation, {seeds_with_badge_in_training}/{len(options.seeds)} "
           f"in some training episode")
+
+    print("\n| seed | first badge in training: step (time) | first badge in evaluation: step (time) "
+          "| evaluation at the end: episodes with badge |\n|---|---|---|---|")
+    for seed, found in results["seeds"].items():
+        badge_episodes = sum(episode["badges"] > 0 for episode in found["trained"])
+        print(f"| {seed} | {when(found['first_badge']['training'])} | {when(found['first_badge']['evaluation'])} "
+              f"| {badge_episodes}/{len(found['trained'])} |")
+    medians = results["median_first_badge_step"]
+    print(f"\nmedian step of the first badge (never: {options.total_timesteps:,}): training {medians['training']:,.0f}, "
+          f"evaluation {medians['evaluation']:,.0f}")
 
 
 if __name__ == "__main__":

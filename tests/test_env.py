@@ -20,7 +20,7 @@ EPISODE_KEYS = {
     "episode_return", "episode_length", "badges", "level_sum", "unique_tiles", "maps_visited",
     "event_flags", "pokedex_seen", "pokedex_owned", "blackouts", "visited_tiles",
     "reward_badge", "reward_explore", "reward_level", "reward_event", "reward_seen",
-    "reward_owned", "reward_heal", "reward_blackout", "start_state",
+    "reward_owned", "reward_heal", "reward_blackout", "start_state", "from_swarm", "story_events", "towns_visited",
 }  # fmt: skip
 
 
