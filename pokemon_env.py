@@ -460,11 +460,11 @@ class PokemonRedEnv(gymnasium.Env):
         if self.swarm and self.np_random.random() < self.swarm_share:
             key, state = self.swarm[int(self.np_random.integers(len(self.swarm)))]
             try:
-                self.pyboy.load_state(io.BytesIO(state))
+                self._load_state(state, f"swarm state {Swarm.name(key)}")
                 self.start_index = -1
-            except Exception as error:  # a file broken on disk, say: the run goes on without it
+            except StateError as error:  # a file broken on disk, say: the run goes on without it
                 self.swarm.remove((key, state))
-                info["swarm_dropped"] = (key, first_line(error))
+                info["swarm_dropped"] = (key, str(error))
         if self.start_index == 0:
             if len(self.start_states) > 1:
                 self.start_index = int(self.np_random.integers(len(self.start_states)))
@@ -545,17 +545,21 @@ class PokemonRedEnv(gymnasium.Env):
 
     def _load_init_state(self, path) -> bytes:
         data = Path(path).read_bytes()
+        self._load_state(data, path)
+        return data
+
+    def _load_state(self, data: bytes, name) -> None:
+        """Load a PyBoy state that holds a Pokemon Red game of this ROM, or raise StateError naming it."""
         reader = io.BytesIO(data)
         try:
             self.pyboy.load_state(reader)
         except Exception as error:
-            raise StateError(f"{path} is not a PyBoy save state of this ROM: {error}") from None
+            raise StateError(f"{name} is not a PyBoy save state of this ROM: {error}") from None
         if reader.tell() != len(data):  # another cartridge type stores a different amount of RAM
-            raise StateError(f"{path} is not a PyBoy save state of this ROM: its size does not match")
+            raise StateError(f"{name} is not a PyBoy save state of this ROM: its size does not match")
         memory = self.pyboy.memory
         if memory[PARTY_COUNT_ADDRESS] > PARTY_LENGTH or memory[MAP_ID] >= NUM_MAPS:
-            raise StateError(f"{path} does not hold a Pokemon Red game: party size or map out of range")
-        return data
+            raise StateError(f"{name} does not hold a Pokemon Red game: party size or map out of range")
 
     # ----- Rewards and episode statistics -----
     # Each step reads a few RAM ranges as raw lists (about 13 us) and decodes one only when it
@@ -943,8 +947,8 @@ class Swarm:
 
     def stats(self) -> dict:
         """For TensorBoard: the archive's size and its furthest key, part by part."""
-        return {"swarm/size": len(self.states), **{f"swarm/furthest_{part}": value
-                                                   for part, value in zip(PROGRESS, self.furthest)}}
+        furthest = self.furthest or (0,) * len(PROGRESS)  # none yet
+        return {"swarm/size": len(self.states), **{f"swarm/furthest_{part}": value for part, value in zip(PROGRESS, furthest)}}
 
     def entries(self) -> list:
         """(key, state) pairs, furthest last: what PokemonRedEnv.set_swarm takes."""
@@ -964,7 +968,7 @@ class Swarm:
         before = set(self.states)
         for key, why in dropped:
             if self.states.pop(key, None) is not None and self.folder:
-                warnings.warn(f"swarm state {self.name(key)} does not load ({why}); dropped")
+                warnings.warn(f"{why}: dropped from the swarm")
         for key, state in sorted(discoveries):
             if key > self.furthest:
                 self.states[key] = state
@@ -1360,10 +1364,10 @@ def _worker(worker, env_creators, env_args, env_kwargs, start_states, memory, nu
                 envs.infos = []
             else:
                 envs.send(envs.buffers.actions)
-            if envs.infos:
-                pipe.send(envs.infos)
             statuses[worker] = STEPPED_WITH_INFOS if envs.infos else STEPPED
             finished.release()
+            if envs.infos:  # after the signal: the main process reads them once every worker has signalled, and a
+                pipe.send(envs.infos)  # pipe holds less than one swarm state (150 KB), which would block us till then
         envs.close()
     except Exception as error:  # the env's own, for the main process to report in one line
         pipe.send(f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__)
