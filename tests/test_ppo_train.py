@@ -112,6 +112,7 @@ def test_run_writes_every_tag_of_the_readme_and_sane_episode_stats(run):
                "text": {tag.split("/")[0] for tag in accumulator.Tags()["tensors"]}}
     documented = readme_tags()
     assert len(documented["scalars"]) > 40 and documented["images"] and documented["text"]
+    documented["scalars"] = {tag for tag in documented["scalars"] if not tag.startswith("swarm/")}  # test_swarm's
     for kind in documented:
         assert documented[kind] <= written[kind], (kind, documented[kind] - written[kind])
     standin_world = pokemon_env.render_world_map({}, 1, pokemon_env.load_world(pokemon_env.load_rom(STANDIN_ROM)))

@@ -204,7 +204,7 @@ def page_file(tmp_path_factory, pokedex_page) -> Path:
 
 @pytest.mark.slow
 def test_the_archive_is_kept_on_disk_survives_resume_and_evaluation_never_starts_from_it(tmp_path, page_file):
-    from test_ppo_train import checkpoints, events, scalars
+    from test_ppo_train import checkpoints, events, readme_tags, scalars
 
     result = swarm_run(tmp_path, "--init-state", str(page_file), "--swarm-share", "1", "--run-name", "r")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -212,6 +212,8 @@ def test_the_archive_is_kept_on_disk_survives_resume_and_evaluation_never_starts
     saved = torch.load(checkpoints(tmp_path)[-1], weights_only=True)
     assert saved["swarm"] and saved["swarm"] == sorted(path.name for path in folder.iterdir())  # listed, in files
     accumulator = events(tmp_path)
+    swarm_tags = {tag for tag in readme_tags()["scalars"] if tag.startswith("swarm/")}
+    assert len(swarm_tags) == 6 and swarm_tags <= set(accumulator.Tags()["scalars"])  # as README's metrics table says
     assert scalars(accumulator, "swarm/size")[-1] == (192, len(saved["swarm"]))
     assert scalars(accumulator, "swarm/furthest_pokedex_owned")[-1][1] >= 1  # the starter, at least
     # The first episodes start from the page; once the archive has states, every reset (share 1) draws one.
