@@ -14,9 +14,11 @@ The file, part by part (each under a banner):
 - The environment: its settings, declared once (`EnvSettings`), and `PokemonRedEnv`.
 - Where the agents went: per-map panels and the world map (`render_heatmap`, `render_world_map`),
   game knowledge the trainer and the player only call; map positions come from world_map.json.
+- The swarm: `Swarm`, the archive of the furthest states the envs reached (`PokemonRedEnv.progress`,
+  `set_swarm`), from which a share of the resets start.
 - Envs stepped together: `make_vector_env` (PufferLib's vector API: PufferLib's Serial where it is
   installed, else ours; our `Multiprocessing`, whose workers sleep while they wait) and `EnvGroups`,
-  envs in groups that take turns with the policy.
+  envs in groups that take turns with the policy, which also carries the swarm's states to and from them.
 """
 
 from __future__ import annotations
@@ -948,7 +950,8 @@ class Swarm:
     def stats(self) -> dict:
         """For TensorBoard: the archive's size and its furthest key, part by part."""
         furthest = self.furthest or (0,) * len(PROGRESS)  # none yet
-        return {"swarm/size": len(self.states), **{f"swarm/furthest_{part}": value for part, value in zip(PROGRESS, furthest)}}
+        return {"swarm/size": len(self.states),
+                **{f"swarm/furthest_{part}": value for part, value in zip(PROGRESS, furthest)}}
 
     def entries(self) -> list:
         """(key, state) pairs, furthest last: what PokemonRedEnv.set_swarm takes."""
@@ -1261,15 +1264,15 @@ class Multiprocessing(VectorEnv):
         self.pipes, self.processes, self.infos = [], [], []
         for worker in range(num_workers):
             rows = slice(worker * self.envs_per_worker, (worker + 1) * self.envs_per_worker)
-            receive, send = context.Pipe()  # infos and errors come, the swarm's states go
+            here, there = context.Pipe()  # infos and errors come, the swarm's states go
             process = context.Process(
                 target=_worker, daemon=True, name=f"pokemon_env worker {worker}",
                 args=(worker, env_creators[rows], env_args[rows], env_kwargs[rows], booted_start_states(),
                       memory, num_envs, self.single_observation_space, rows, shared_control, shared_seeds,
-                      self.wake[worker], self.finished, send),
+                      self.wake[worker], self.finished, there),
             )  # fmt: skip
             process.start()
-            self.pipes.append(receive)
+            self.pipes.append(here)
             self.processes.append(process)
         try:
             self._wait()  # every worker has made its envs
@@ -1324,7 +1327,10 @@ class Multiprocessing(VectorEnv):
         infos = []
         for worker, status in enumerate(self.statuses):
             if status == STEPPED_WITH_INFOS:
-                infos.extend(self.pipes[worker].recv())
+                try:  # sent once the worker has signalled (see _worker)
+                    infos.extend(self.pipes[worker].recv())
+                except EOFError:
+                    raise WorkerError(f"{self._name(worker)} died while sending its infos") from None
             elif status == FAILED:
                 raise WorkerError(f"{self._name(worker)} failed: {self.pipes[worker].recv()}")
         return infos
