@@ -926,12 +926,14 @@ def _free_spot(taken, on_map, size, anchor) -> tuple[int, int]:
 class Swarm:
     """The trainer's archive of states that reached progress keys beyond all before them (PokemonRedEnv.progress),
     the envs' start states for a share of their resets (PokemonRedEnv.set_swarm). At most `size` (about 150 KB
-    each), the furthest kept. With a `folder`, each is also a file there, <key>.state, so that a resumed run (its
+    each), the furthest kept, and at most `per_stage` of one stage of the story (a key but its levels): levels
+    grow wherever an agent grinds, so without the cap the states after the last stage reached, levelling up,
+    would push out the stepping stones before it. With a `folder`, each is also a file there, <key>.state, so that a resumed run (its
     checkpoint lists the files, `names`) and `play_pokemon.py --init-state <folder>` can start from them; the
     archive with the folder says what it drops."""
 
-    def __init__(self, folder: str | None = None, names: list[str] | None = None, size: int = 16):
-        self.size, self.folder, self.states = size, folder, {}  # key: state
+    def __init__(self, folder: str | None = None, names: list[str] | None = None, size: int = 16, per_stage: int = 4):
+        self.size, self.per_stage, self.folder, self.states = size, per_stage, folder, {}  # key: state
         missing = []
         for name in (names or []) if folder else []:  # a resumed run's archive; envs check the states as they load
             try:
@@ -975,6 +977,11 @@ class Swarm:
         for key, state in sorted(discoveries):
             if key > self.furthest:
                 self.states[key] = state
+        stages = {}  # each stage's keys, lowest levels first
+        for key in sorted(self.states):
+            stages.setdefault(key[:-1], []).append(key)
+        for key in [key for keys in stages.values() for key in keys[: -self.per_stage]]:
+            del self.states[key]
         for key in sorted(self.states)[: max(0, len(self.states) - self.size)]:
             del self.states[key]
         for key in set(self.states) - before if self.folder else ():

@@ -106,6 +106,14 @@ def test_the_archive_keeps_the_furthest_keys_in_files_named_in_key_order(tmp_pat
     assert Swarm(None, swarm.names()).entries() == []  # without the folder (another rank), nothing is read
 
 
+def test_levelling_up_at_one_stage_does_not_push_out_the_stages_before_it():
+    swarm = Swarm(size=8, per_stage=2)
+    swarm.add([((0, 1, 1, 1, level), b"before") for level in range(5, 9)])  # grinding before the badge
+    swarm.add([((1, 3, 1, 5, level), b"after") for level in range(15, 40)])  # and after it
+    assert [key for key, _ in swarm.entries()] == [(0, 1, 1, 1, 7), (0, 1, 1, 1, 8), (1, 3, 1, 5, 38), (1, 3, 1, 5, 39)]
+    assert swarm.furthest == (1, 3, 1, 5, 39) and not swarm.add([((0, 2, 1, 1, 9), b"behind")])
+
+
 def test_resets_draw_from_the_archive_in_the_asked_share_and_stay_deterministic(standin_env, pokedex_page):
     archive = [((0, 0, 1, 0, 0), pokedex_page)]
     env = standin_env(max_steps=10)
