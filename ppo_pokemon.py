@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.optim as optim
 import tyro
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
@@ -103,6 +104,9 @@ class Args:
     """multiprocessing worker processes (per rank); None: the largest divisor of the envs up to the cores"""
     torch_threads: int = 0
     """CPU threads for the PPO update (0: one per physical core); the rollout uses one"""
+    grad_compression: Literal["auto", "none", "fp16", "powersgd"] = "auto"
+    """how torchrun's ranks send gradients: exact (none), float16 (half the bytes) or rank-4 PowerSGD factors (1/60
+    of the bytes); both approximate. auto: powersgd when the ranks span machines, else none (benchmarks/README.md)"""
     swarm: bool = False
     """start a share of the resets from the furthest states the run's envs reached (pokemon_env.Swarm)"""
     swarm_share: float = 0.5
@@ -173,6 +177,8 @@ class Agent(nn.Module):
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+
+    forward = get_action_and_value  # what DistributedDataParallel calls
 
 
 def compute_gae(rewards, values, terminations, truncations, dones, next_value, gamma, gae_lambda):
@@ -259,6 +265,8 @@ def main():
         # fused: Adam's whole step in one kernel; 6% faster updates here than its default for-each kernels
         optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
         global_step, start_iteration = run.start(agent, optimizer, device)  # a resumed run's weights and step
+        # Under torchrun, DistributedDataParallel: backward() leaves every rank the ranks' mean gradient
+        ddp_agent = run.data_parallel(agent)
 
         # ALGO Logic: Storage setup. Departure from CleanRL: what the envs return stays in numpy arrays (a torch
         # operation costs more than the copy); observations are channels last, the network's layout, so that
@@ -332,7 +340,7 @@ def main():
             update_stats = []  # per minibatch: pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac
             for epoch in range(args.update_epochs if len(b_inds) else 0):
                 for mb_inds in np.array_split(np.random.permutation(b_inds), num_minibatches):
-                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                    _, newlogprob, entropy, newvalue = ddp_agent(b_obs[mb_inds], b_actions[mb_inds])
                     pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = ppo_loss(
                         newlogprob, entropy, newvalue, b_logprobs[mb_inds], b_advantages[mb_inds],
                         b_returns[mb_inds], b_values[mb_inds], args.clip_coef, args.clip_vloss, args.norm_adv,
@@ -341,7 +349,6 @@ def main():
 
                     optimizer.zero_grad()
                     loss.backward()
-                    average_gradients(agent, run.gradient_group)  # as ppo_atari_multigpu.py: the ranks' mean gradient
                     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     optimizer.step()
                     update_stats.append(torch.stack([pg_loss.detach(), v_loss.detach(), entropy_loss.detach(),
@@ -542,6 +549,9 @@ class Run(contextlib.AbstractContextManager):
         # gloo carries the small messages, and the gradients too unless every rank has a GPU (then NCCL)
         on_gpus = self.world_size > 1 and all(all_gather(device.type == "cuda"))
         self.gradient_group = dist.new_group(backend="nccl") if on_gpus else None
+        spans_machines = self.world_size > int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's counts
+        self.compression = {"auto": "powersgd" if spans_machines else "none"}.get(args.grad_compression,
+                                                                                  args.grad_compression)
         if checkpoint is not None:
             try:
                 agent_from_checkpoint(checkpoint, agent.obs_shape, agent.actor.out_features, agent)
@@ -575,11 +585,29 @@ class Run(contextlib.AbstractContextManager):
                 total != args.total_timesteps) + f", from update {self.last_update} of {self.resume_path}" * (
                 checkpoint is not None)
             print(f"run {self.run_name}: {envs.num_envs} envs ({self.backend}{workers})"
-                  f"{f' on each of {self.world_size} ranks' * (self.world_size > 1)}, {self.num_iterations} updates of "
+                  f"{f' on each of {self.world_size} ranks (gradients: {self.compression})' * (self.world_size > 1)}, "
+                  f"{self.num_iterations} updates of "
                   f"{args.batch_size:,} steps = {total:,} steps{notes}, {device}, "
                   f"{sum(p.numel() for p in agent.parameters()):,} parameters", flush=True)
         self.start_time, self.eval_seconds = time.time(), 0.0
         return self.last_update_step, self.last_update + 1
+
+    def data_parallel(self, agent: Agent) -> nn.Module:
+        """The agent for the update. Under torchrun, DistributedDataParallel: its backward() leaves every rank the
+        ranks' mean gradient, sent in buckets while the backward pass goes on and compressed by --grad-compression
+        (PyTorch's communication hooks), so that every rank takes the same step."""
+        if self.world_size == 1:
+            return agent
+        # One bucket for PowerSGD: its hook sends from callback threads, where two buckets' messages could cross
+        size_mb = sum(p.numel() * p.element_size() for p in agent.parameters()) / 2**20 + 1
+        ddp_agent = nn.parallel.DistributedDataParallel(agent, process_group=self.gradient_group,
+                                                        bucket_cap_mb=size_mb if self.compression == "powersgd" else None)
+        if self.compression == "fp16":
+            ddp_agent.register_comm_hook(self.gradient_group, default_hooks.fp16_compress_hook)
+        elif self.compression == "powersgd":  # exact for its first 10 steps; its error feedback is not checkpointed
+            state = powerSGD_hook.PowerSGDState(self.gradient_group, matrix_approximation_rank=4, start_powerSGD_iter=10)
+            ddp_agent.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        return ddp_agent
 
     def on_signal(self, signum, frame):
         """Ctrl-C, SIGTERM: the first stops the run at its next step (see stop_if_asked); a second aborts."""
@@ -802,19 +830,11 @@ def all_gather(value) -> list:
 
 
 @collective
-def all_reduce_mean(tensor: torch.Tensor, group=None) -> torch.Tensor:
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
-        dist.all_reduce(tensor, group=group)
+        dist.all_reduce(tensor)
         tensor /= dist.get_world_size()
     return tensor  # in place
-
-
-def average_gradients(agent: Agent, group=None):
-    """Every rank's gradients replaced by their mean over the ranks, so that every rank takes the same step."""
-    if dist.is_initialized():
-        grads = all_reduce_mean(torch.cat([p.grad.flatten() for p in agent.parameters()]), group)
-        for p, grad in zip(agent.parameters(), grads.split([p.numel() for p in agent.parameters()])):
-            p.grad.copy_(grad.view_as(p.grad))
 
 
 def fail_on_any_rank(problem: Optional[str]) -> None:

@@ -1,5 +1,8 @@
 """Data-parallel runs under torchrun, on this machine's loopback: two ranks, two "nodes", resume across
-modes, a killed rank with and without restarts."""
+modes, a killed rank with and without restarts; the gradients each --grad-compression leaves the ranks."""
+import copy
+import datetime
+import os
 import random
 import shutil
 import signal
@@ -12,8 +15,12 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing
 from processes import Started, processes_in
 from test_ppo_train import STANDIN_ROM, TINY, TRAINER, checkpoints, events, scalars
+
+import ppo_pokemon
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +77,7 @@ def assert_same_weights(*paths):
 def test_two_ranks_train_one_model_and_log_every_rank(tmp_path):
     result = torchrun(tmp_path, "--standalone", "--nproc-per-node", "2", program=keeping_every_ranks_weights(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 envs (serial) on each of 2 ranks, 3 updates of 128 steps" in result.stdout
+    assert "2 envs (serial) on each of 2 ranks (gradients: none), 3 updates of 128 steps" in result.stdout
     assert_same_weights(tmp_path / "weights_rank0.pt", tmp_path / "weights_rank1.pt")
     assert result.stdout.count("done: 384 steps") == 1  # rank 0 alone prints, logs and saves
     assert [path.name for path in checkpoints(tmp_path)] == ["checkpoint_update000002.pt", "checkpoint_update000003.pt"]
@@ -97,6 +104,7 @@ def test_two_nodes_meet_on_loopback(tmp_path):
     outputs = [node.communicate(timeout=180) for node in nodes]
     for node, (stdout, stderr) in zip(nodes, outputs):
         assert node.returncode == 0, stdout + stderr
+    assert sum("on each of 2 ranks (gradients: powersgd)" in stdout for stdout, _ in outputs) == 1  # across machines
     assert sum("done: 384 steps" in stdout for stdout, _ in outputs) == 1  # rank 0's machine
     assert_same_weights(*tmp_path.glob("node*/weights_rank*.pt"))
     assert len(list(tmp_path.glob("node*/weights_rank*.pt"))) == 2
@@ -130,15 +138,16 @@ def test_checkpoints_resume_across_modes(tmp_path):
     assert "4 envs (" in alone.stdout and "from update 2 of" in alone.stdout
     assert torch.load(checkpoints(tmp_path)[-1], weights_only=True)["global_step"] == 384
 
-    back = torchrun(tmp_path, "--standalone", "--nproc-per-node", "2",
-                    extra=["--resume", str(checkpoints(tmp_path)[-1]), "--total-timesteps", "512"])
+    back = torchrun(tmp_path, "--standalone", "--nproc-per-node", "2", extra=[
+        "--resume", str(checkpoints(tmp_path)[-1]), "--total-timesteps", "512", "--grad-compression", "fp16"])
     assert back.returncode == 0, back.stdout + back.stderr
-    assert "from update 3 of" in back.stdout
+    assert "(gradients: fp16)" in back.stdout and "from update 3 of" in back.stdout
     assert torch.load(checkpoints(tmp_path)[-1], weights_only=True)["global_step"] == 512
 
 
-def start_long_run(cwd, *launcher, total_timesteps=1000000) -> Started:
-    extra = ["--total-timesteps", str(total_timesteps), "--save-interval", "2", "--run-name", "long", "--resume", "auto"]
+def start_long_run(cwd, *launcher, total_timesteps=1000000, extra=()) -> Started:
+    extra = ["--total-timesteps", str(total_timesteps), "--save-interval", "2", "--run-name", "long", "--resume", "auto",
+             *extra]
     return Started([*TORCHRUN, "--standalone", "--nproc-per-node", "2", *launcher, TRAINER, "--rom-path",
                     str(STANDIN_ROM), *SHARED, "--eval-episodes", "0", *extra], cwd)
 
@@ -175,7 +184,8 @@ def test_a_killed_rank_stops_the_others_in_one_line_and_the_newest_checkpoint_lo
 
 
 def test_with_restarts_a_killed_rank_resumes_from_the_checkpoint_and_finishes(tmp_path):
-    process = start_long_run(tmp_path, "--max-restarts", "1", total_timesteps=10 * 128)  # 10 updates
+    process = start_long_run(tmp_path, "--max-restarts", "1", total_timesteps=10 * 128,  # 10 updates
+                             extra=["--grad-compression", "powersgd"])  # its state starts again with the ranks
     kill_rank_1_after(process, "update 5/")
     stdout, stderr = process.finish(timeout=180)
     assert process.returncode == 0, stdout + stderr
@@ -185,3 +195,52 @@ def test_with_restarts_a_killed_rank_resumes_from_the_checkpoint_and_finishes(tm
     assert "done: 1,280 steps" in stdout
     saved = torch.load(checkpoints(tmp_path)[-1], weights_only=True)
     assert saved["update"] == 10 and saved["global_step"] == 1280
+
+
+def gradients_against_the_exact_mean(rank: int, port: int, compression: str, steps: int, results):
+    """One of two gloo ranks: backward passes of the trainer's DistributedDataParallel agent on each rank's own
+    observations. Rank 0 puts, per step, the relative distance of its gradient from the exact mean, and whether
+    every rank's gradient is the same."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))  # a deadline
+    torch.manual_seed(0)
+    agent = ppo_pokemon.Agent((4, 84, 84))
+    alone = copy.deepcopy(agent)  # the same weights, its gradient this rank's own
+    run = type("Run", (), dict(world_size=2, gradient_group=None, compression=compression))()
+    ddp_agent = ppo_pokemon.Run.data_parallel(run, agent)
+    observations = torch.Generator().manual_seed(rank)  # each rank its own batch
+    distances, same = [], []
+    for _ in range(steps):
+        obs = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8, generator=observations)
+        for model in (alone, ddp_agent):
+            model.zero_grad()
+            _, logprob, entropy, value = model(obs, torch.arange(8) % 8)
+            (logprob.mean() + entropy.mean() + value.square().mean()).backward()
+        exact = torch.cat([p.grad.flatten() for p in alone.parameters()])
+        dist.all_reduce(exact)
+        exact /= 2
+        sent = torch.cat([p.grad.flatten() for p in agent.parameters()])
+        distances.append(float((sent - exact).norm() / exact.norm()))
+        every_ranks = [torch.empty_like(sent) for _ in range(2)]
+        dist.all_gather(every_ranks, sent)
+        same.append(torch.equal(*every_ranks))
+    if rank == 0:
+        results.put((distances, same))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("compression", ["none", "fp16", "powersgd"])
+def test_every_rank_steps_with_one_gradient_near_the_exact_mean(compression):
+    """The invariant (every rank the same gradient, so the same weights), and how near each compression is."""
+    results = torch.multiprocessing.get_context("spawn").SimpleQueue()
+    torch.multiprocessing.spawn(gradients_against_the_exact_mean, args=(free_port(), compression, 14, results),
+                                nprocs=2, join=True)
+    distances, same = results.get()
+    assert all(same)
+    if compression == "none":
+        assert max(distances) < 1e-6, distances
+    elif compression == "fp16":  # 11 bits of mantissa: about 3 digits
+        assert all(1e-5 < distance < 1e-2 for distance in distances), distances
+    else:  # exact for 10 steps, then rank-4 factors of each weight matrix: approximate, in the gradient's direction
+        assert max(distances[:10]) < 1e-6 and all(1e-3 < distance < 1 for distance in distances[10:]), distances
