@@ -105,8 +105,8 @@ class Args:
     torch_threads: int = 0
     """CPU threads for the PPO update (0: one per physical core); the rollout uses one"""
     grad_compression: Literal["auto", "none", "fp16", "powersgd"] = "auto"
-    """how torchrun's ranks send gradients: exact (none), float16 (half the bytes) or rank-4 PowerSGD factors (1/60
-    of the bytes); both approximate. auto: powersgd when the ranks span machines, else none (benchmarks/README.md)"""
+    """how torchrun's ranks send gradients: exact (none), float16 (half the bytes) or rank-4 PowerSGD factors (1/14
+    of the bytes, more computation); both approximate. auto: fp16 when the ranks span machines, else none"""
     swarm: bool = False
     """start a share of the resets from the furthest states the run's envs reached (pokemon_env.Swarm)"""
     swarm_share: float = 0.5
@@ -550,8 +550,9 @@ class Run(contextlib.AbstractContextManager):
         on_gpus = self.world_size > 1 and all(all_gather(device.type == "cuda"))
         self.gradient_group = dist.new_group(backend="nccl") if on_gpus else None
         spans_machines = self.world_size > int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's counts
-        self.compression = {"auto": "powersgd" if spans_machines else "none"}.get(args.grad_compression,
-                                                                                  args.grad_compression)
+        # auto: the fastest over a 1 Gbit/s link, and the update nearest the exact one (benchmarks/distributed.py)
+        self.compression = {"auto": "fp16" if spans_machines else "none"}.get(args.grad_compression,
+                                                                              args.grad_compression)
         if checkpoint is not None:
             try:
                 agent_from_checkpoint(checkpoint, agent.obs_shape, agent.actor.out_features, agent)

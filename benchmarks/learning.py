@@ -5,6 +5,8 @@
     python benchmarks/learning.py --workdir DIR -- --gamma 0.997      # other settings: flags after -- go to
                                                                       # every training run (a sweep's best)
     python benchmarks/learning.py --workdir DIR -- --swarm           # with the swarm of start states
+    python benchmarks/learning.py --nproc-per-node 2 --parallel 1 --workdir DIR -- --grad-compression powersgd
+                                                                      # two data-parallel ranks a run
 
 Trains one run per seed (two at a time by default, one torch thread each), evaluating every 10
 updates (2 episodes from the usual start), then plays each final checkpoint with play_pokemon.py
@@ -38,11 +40,14 @@ METRICS = ["episode_return", "badges", "level_sum", "unique_tiles", "event_flags
 EVALUATION = ["--eval-interval", "10", "--eval-episodes", "2"]  # the first evaluation badge to within 20,480 steps
 
 
-def train(seeds, total_timesteps: int, parallel: int, workdir: str, trainer_args: list) -> dict:
-    """Run ppo_pokemon.py once per seed (with `trainer_args`), `parallel` at a time; return {seed: final checkpoint}."""
+def train(seeds, total_timesteps: int, parallel: int, workdir: str, trainer_args: list, ranks: int = 1) -> dict:
+    """Run ppo_pokemon.py once per seed (with `trainer_args`; under torchrun with `ranks` > 1), `parallel` at a time;
+    return {seed: final checkpoint}."""
     running, checkpoints = [], {}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
     for seed in seeds:
-        command = [sys.executable, os.path.join(ROOT, "ppo_pokemon.py"), "--rom-path", ROM, "--seed", str(seed),
+        command = [*(launcher if ranks > 1 else [sys.executable]), os.path.join(ROOT, "ppo_pokemon.py"),
+                   "--rom-path", ROM, "--seed", str(seed),
                    "--total-timesteps", str(total_timesteps), "--exp-name", "learning", "--torch-threads", "1",
                    *EVALUATION, *trainer_args]
         log = open(os.path.join(workdir, f"train_seed{seed}.log"), "w")
@@ -122,6 +127,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--total-timesteps", type=int, default=300_000)
     parser.add_argument("--parallel", type=int, default=2, help="training runs at a time")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="data-parallel ranks per run (torchrun)")
     parser.add_argument("--episodes", type=int, default=5, help="evaluation episodes per seed and policy")
     parser.add_argument("--max-steps", type=int, default=4096, help="evaluation episode length (training default)")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "benchmarks", "results", "learning"))
@@ -130,7 +136,8 @@ def main():
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     os.makedirs(options.workdir, exist_ok=True)
 
-    checkpoints = train(options.seeds, options.total_timesteps, options.parallel, options.workdir, trainer_args)
+    checkpoints = train(options.seeds, options.total_timesteps, options.parallel, options.workdir, trainer_args,
+                        options.nproc_per_node)
     rows, results = [], {"command": " ".join(["python benchmarks/learning.py"] + sys.argv[1:]), "seeds": {}}
     for seed in options.seeds:
         trained = play_checkpoint(checkpoints[seed], options.episodes, seed, options.max_steps, options.workdir)

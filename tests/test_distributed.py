@@ -104,7 +104,7 @@ def test_two_nodes_meet_on_loopback(tmp_path):
     outputs = [node.communicate(timeout=180) for node in nodes]
     for node, (stdout, stderr) in zip(nodes, outputs):
         assert node.returncode == 0, stdout + stderr
-    assert sum("on each of 2 ranks (gradients: powersgd)" in stdout for stdout, _ in outputs) == 1  # across machines
+    assert sum("on each of 2 ranks (gradients: fp16)" in stdout for stdout, _ in outputs) == 1  # across machines
     assert sum("done: 384 steps" in stdout for stdout, _ in outputs) == 1  # rank 0's machine
     assert_same_weights(*tmp_path.glob("node*/weights_rank*.pt"))
     assert len(list(tmp_path.glob("node*/weights_rank*.pt"))) == 2
