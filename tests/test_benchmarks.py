@@ -92,3 +92,19 @@ def test_learning_benchmark_trains_every_seed_with_the_flags_after_the_separator
         assert checkpoint["args"]["gamma"] == 0.97 and checkpoint["args"]["seed"] == int(seed)
         assert checkpoint["global_step"] == 128 and len(found["trained"]) == len(found["random"]) == 1
     assert "| 1 | PPO |" in result.stdout and "| 2 | random |" in result.stdout
+
+
+@pytest.mark.slow
+def test_learning_benchmark_trains_with_data_parallel_ranks(tmp_path):
+    """learning.py --nproc-per-node 2: each seed's run under torchrun, the flags after -- on every rank."""
+    import json
+    import subprocess
+
+    command = [sys.executable, str(Path(throughput.ROOT) / "benchmarks" / "learning.py"), "--seeds", "1",
+               "--nproc-per-node", "2", "--total-timesteps", "128", "--episodes", "1", "--max-steps", "8",
+               "--workdir", str(tmp_path), "--", "--num-envs", "2", "--num-steps", "32", "--minibatch-size", "32",
+               "--eval-episodes", "0", "--grad-compression", "fp16"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 envs (serial) on each of 2 ranks (gradients: fp16)" in (tmp_path / "train_seed1.log").read_text()
+    assert json.loads((tmp_path / "learning.json").read_text())["seeds"]["1"]["checkpoint"].endswith(".pt")
