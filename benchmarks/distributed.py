@@ -105,6 +105,7 @@ def updates_per_compression(rank: int, port: int, updates: int, steps: int, resu
     Rank 0 puts {compression: {"losses": per update, the ranks' means of (policy loss, value loss, approx KL),
     "off_path": the distance of its end weights from the exact run's, over the distance the exact run moved}}."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch.distributed.checkpoint  # noqa: F401  before the group, as ppo_pokemon.start_process_group does
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=300))
     torch.set_num_threads(1)
     torch.manual_seed(1)

@@ -202,6 +202,7 @@ def gradients_against_the_exact_mean(rank: int, port: int, compression: str, ste
     observations. Rank 0 puts, per step, the relative distance of its gradient from the exact mean, and whether
     every rank's gradient is the same."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch.distributed.checkpoint  # noqa: F401  before the group, as ppo_pokemon.start_process_group does
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))  # a deadline
     torch.manual_seed(0)
     agent = ppo_pokemon.Agent((4, 84, 84))
