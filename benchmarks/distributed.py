@@ -2,8 +2,8 @@
 plain loopback and over a simulated network link, for each --grad-compression; then what each compression does to
 the update.
 
-    python benchmarks/distributed.py                 # about 15 minutes on 2 cores
-    python benchmarks/distributed.py --quick         # about 7 minutes
+    python benchmarks/distributed.py                 # about 14 minutes on 2 cores
+    python benchmarks/distributed.py --quick         # 1 pair, 5 updates a run: about half that
     python benchmarks/distributed.py --rate 10gbit   # another link (tc's units)
 
 Every trainer run is the stand-in at 4 envs in all, the serial backend, --torch-threads 1 and evaluation off, each
