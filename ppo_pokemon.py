@@ -768,7 +768,9 @@ class Run(contextlib.AbstractContextManager):
             dist.destroy_process_group()
         if self.rank == 0:
             print(f"done: {self.last_update_step:,} steps in "
-                  f"{datetime.timedelta(seconds=round(time.time() - self.start_time))}; {saved}")
+                  f"{datetime.timedelta(seconds=round(time.time() - self.start_time))}; {saved}", flush=True)
+        if self.world_size > 1:  # all written and closed: skip the interpreter's teardown, where the gloo threads
+            os._exit(0)  # of a group DDP has held hung a rank's exit in 1 run of 6 (PyTorch 2.13)
 
 
 def start_tracking(args: Args, run_name: str, config: dict, checkpoint: Optional[dict]):
