@@ -549,10 +549,10 @@ class Run(contextlib.AbstractContextManager):
         # gloo carries the small messages, and the gradients too unless every rank has a GPU (then NCCL)
         on_gpus = self.world_size > 1 and all(all_gather(device.type == "cuda"))
         self.gradient_group = dist.new_group(backend="nccl") if on_gpus else None
-        spans_machines = self.world_size > int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's counts
-        # auto: the fastest over a 1 Gbit/s link, and the update nearest the exact one (benchmarks/distributed.py)
-        self.compression = {"auto": "fp16" if spans_machines else "none"}.get(args.grad_compression,
-                                                                              args.grad_compression)
+        self.compression = args.grad_compression
+        if self.compression == "auto":  # fp16 when the ranks span machines (torchrun's counts): the fastest over a
+            # 1 Gbit/s link, and the update nearest the exact one (benchmarks/distributed.py); none on one machine
+            self.compression = "fp16" if self.world_size > int(os.environ.get("LOCAL_WORLD_SIZE", 1)) else "none"
         if checkpoint is not None:
             try:
                 agent_from_checkpoint(checkpoint, agent.obs_shape, agent.actor.out_features, agent)
