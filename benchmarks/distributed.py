@@ -2,8 +2,9 @@
 plain loopback and over a simulated network link, for each --grad-compression; then what each compression does to
 the update.
 
-    python benchmarks/distributed.py                 # about 14 minutes on 2 cores
-    python benchmarks/distributed.py --quick         # 1 pair, 5 updates a run: about half that
+    python benchmarks/distributed.py                 # 3 pairs of turns: about 20 minutes on 2 cores
+    python benchmarks/distributed.py --quick         # 1 pair, 5 updates a run: about 6 minutes
+    python benchmarks/distributed.py --pairs 5       # more turns, where the machine's speed drifts
     python benchmarks/distributed.py --rate 10gbit   # another link (tc's units)
 
 Every trainer run is the stand-in at 4 envs in all, the serial backend, --torch-threads 1 and evaluation off, each
@@ -155,10 +156,13 @@ def compare_updates(updates: int, steps: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
+    parser.add_argument("--pairs", type=int, help="turns of every setup, alternating their order (default 3; --quick 1)")
     parser.add_argument("--rate", default="1gbit", help="the simulated link's rate, in tc's units (1gbit, 100mbit)")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "distributed.json"))
     options = parser.parse_args()
-    pairs, updates = (1, 5) if options.quick else (2, 6)
+    if options.pairs is not None and options.pairs < 1:
+        parser.error(f"--pairs {options.pairs}: give at least 1")
+    pairs, updates = options.pairs or (1 if options.quick else 3), 5 if options.quick else 6
     problem = make_link(options.rate)
     if problem:
         print(f"no simulated link ({problem}): loopback only", flush=True)
