@@ -2,7 +2,7 @@
 the PPO first (Args, the agent, GAE, the loss, main), then the run's machinery that main() calls.
 
     python ppo_pokemon.py --rom-path roms/standin.gb --total-timesteps 50000   # no-ROM demo
-    torchrun --standalone --nproc-per-node 2 ppo_pokemon.py --num-envs 8      # two data-parallel ranks
+    torchrun --standalone --nproc-per-node 2 ppo_pokemon.py --num-envs 16     # two data-parallel ranks
 
 Exit status: 0 finished; 1 a failure (a dead env worker, a lost rank, non-finite numbers, a failed save); 2
 refused before training; 130 Ctrl-C, 143 SIGTERM. Failures and refusals in one line; stops save what they can.

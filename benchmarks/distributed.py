@@ -6,9 +6,10 @@ the update.
     python benchmarks/distributed.py --quick         # 1 pair, 5 updates a run: about 6 minutes
     python benchmarks/distributed.py --pairs 5       # more turns, where the machine's speed drifts
     python benchmarks/distributed.py --rate 10gbit   # another link (tc's units)
+    python benchmarks/distributed.py --num-envs 16   # more envs in all: fewer policy steps a rank
 
-Every trainer run is the stand-in at 4 envs in all, the serial backend, --torch-threads 1 and evaluation off, each
-rank pinned to a core of its own by taskset (1 rank: core 0; 2 ranks: cores 0 and 1), in alternating turns. Speeds
+Every trainer run is the stand-in at 4 envs in all (--num-envs), the serial backend, --torch-threads 1 and evaluation
+off, each rank pinned to a core of its own by taskset (1 rank: core 0; 2 ranks: cores 0 and 1), alternating. Speeds
 come from each run's TensorBoard events, from the end of its first update to the end of its last. The link is a
 network namespace of this script's whose loopback is shaped by `tc qdisc add dev lo root tbf rate RATE` (on `lo`
 tbf shapes both directions together: a half-duplex link); its bytes are tc's count. It needs root and iproute2:
@@ -48,10 +49,10 @@ COMPRESSIONS = ["none", "fp16", "powersgd"]
 NAMESPACE = f"ppo_pokemon_link{os.getpid()}"
 
 
-def trainer_command(ranks: int, compression: str, updates: int, link: bool) -> list:
+def trainer_command(ranks: int, compression: str, updates: int, link: bool, num_envs: int) -> list:
     """The trainer at the issue's setup, each rank on its own core; in the link's namespace if `link`."""
-    trainer = [TRAINER, "--rom-path", ROM, "--num-envs", "4", "--vec-backend", "serial", "--torch-threads", "1",
-               "--total-timesteps", str(2048 * updates), "--eval-episodes", "0"]
+    trainer = [TRAINER, "--rom-path", ROM, "--num-envs", str(num_envs), "--vec-backend", "serial",
+               "--torch-threads", "1", "--total-timesteps", str(2048 * updates), "--eval-episodes", "0"]
     if ranks == 1:
         command = ["taskset", "-c", "0", sys.executable, *trainer]
     else:  # torchrun starts `sh`, which becomes taskset on core LOCAL_RANK, which becomes the trainer
@@ -156,7 +157,8 @@ def compare_updates(updates: int, steps: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
-    parser.add_argument("--pairs", type=int, help="turns of every setup, alternating their order (default 3; --quick 1)")
+    parser.add_argument("--pairs", type=int, help="turns of every setup, in alternating order (default 3; --quick 1)")
+    parser.add_argument("--num-envs", type=int, default=4, help="envs in all, shared out over the ranks")
     parser.add_argument("--rate", default="1gbit", help="the simulated link's rate, in tc's units (1gbit, 100mbit)")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "distributed.json"))
     options = parser.parse_args()
@@ -173,7 +175,8 @@ def main():
         for pair in range(pairs):
             for name, ranks, compression, link in (setups if pair % 2 == 0 else setups[::-1]):
                 sent = link and link_bytes()
-                runs[name].append(run_speeds(trainer_command(ranks, compression, updates, link), updates))
+                runs[name].append(run_speeds(trainer_command(ranks, compression, updates, link, options.num_envs),
+                                                updates))
                 if link:
                     runs[name][-1]["link_mb_per_update"] = (link_bytes() - sent) / updates / 2**20
                 print(f"{name}: {runs[name][-1]['steps_per_second']:.0f} steps/s", flush=True)
@@ -181,7 +184,8 @@ def main():
         if problem is None:
             subprocess.run(["ip", "netns", "del", NAMESPACE], check=False)
     results = {"command": " ".join(["python benchmarks/distributed.py"] + sys.argv[1:]), "runs": runs,
-               "cores": psutil.cpu_count(logical=False), "python": sys.version.split()[0], "torch": torch.__version__,
+               "num_envs": options.num_envs, "cores": psutil.cpu_count(logical=False), "python": sys.version.split()[0],
+               "torch": torch.__version__,
                "updates": compare_updates(2 if options.quick else 3, 1024)}
     os.makedirs(os.path.dirname(options.json), exist_ok=True)
     with open(options.json, "w") as f:
@@ -207,8 +211,8 @@ def report(results: dict) -> str:
         f"`{results['command']}` on {results['cores']} physical cores, Python {results['python']}, torch "
         f"{results['torch']}; medians of alternating runs ({len(runs['1 rank'])} each)",
         "",
-        "| setup (stand-in, 4 envs in all, serial, 1 core and 1 thread a rank) | steps/s | against 1 rank | "
-        "rollout s | update s | link MiB an update |",
+        f"| setup (stand-in, {results['num_envs']} envs in all, serial, 1 core and 1 thread a rank) | steps/s | "
+        "against 1 rank | rollout s | update s | link MiB an update |",
         "|---|---|---|---|---|---|",
         *rows,
         "",
