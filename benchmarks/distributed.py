@@ -174,9 +174,9 @@ def main():
     try:
         for pair in range(pairs):
             for name, ranks, compression, link in (setups if pair % 2 == 0 else setups[::-1]):
+                command = trainer_command(ranks, compression, updates, link, options.num_envs)
                 sent = link and link_bytes()
-                runs[name].append(run_speeds(trainer_command(ranks, compression, updates, link, options.num_envs),
-                                                updates))
+                runs[name].append(run_speeds(command, updates))
                 if link:
                     runs[name][-1]["link_mb_per_update"] = (link_bytes() - sent) / updates / 2**20
                 print(f"{name}: {runs[name][-1]['steps_per_second']:.0f} steps/s", flush=True)

@@ -108,3 +108,14 @@ def test_learning_benchmark_trains_with_data_parallel_ranks(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 envs (serial) on each of 2 ranks (gradients: fp16)" in (tmp_path / "train_seed1.log").read_text()
     assert json.loads((tmp_path / "learning.json").read_text())["seeds"]["1"]["checkpoint"].endswith(".pt")
+
+
+def test_distributed_benchmark_refuses_fewer_than_one_pair_before_it_starts(tmp_path):
+    """distributed.py --pairs 0: one line and exit 2, before any link, run or JSON."""
+    import subprocess
+
+    command = [sys.executable, str(Path(throughput.ROOT) / "benchmarks" / "distributed.py"), "--pairs", "0",
+               "--json", str(tmp_path / "distributed.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--pairs 0: give at least 1" in result.stderr
+    assert "steps/s" not in result.stdout and not (tmp_path / "distributed.json").exists()
